@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# kiln's one entry point for a fresh Debian 12 machine:
+#   ./build.sh demo   install what is missing, build, and run the main job
+#   ./build.sh test   install what is missing, build, and run the whole test suite
+#   ./build.sh build  install and build only
+# BUILD_DIR (default build/) and JOBS (default: all cores) may be set in the environment.
+set -euo pipefail
+cd "$(dirname "$0")"
+what="${1:-build}"
+build_dir="${BUILD_DIR:-build}"
+jobs="${JOBS:-$(nproc)}"
+
+bash scripts/install-deps.sh
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build_dir" -j "$jobs"
+
+case "$what" in
+  build) ;;
+  demo)
+    # The main job until `kiln demo` exists: inspect the tiny reference model.
+    "$build_dir/kiln" inspect tests/golden/tiny-sd/model.safetensors \
+      --config tests/golden/tiny-sd/diffusers-configs
+    ;;
+  test)
+    cd "$build_dir"
+    ctest --output-on-failure -j "$jobs" --timeout 900
+    ;;
+  *)
+    echo "usage: $0 [build|demo|test]" >&2
+    exit 2
+    ;;
+esac

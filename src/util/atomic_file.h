@@ -1,0 +1,23 @@
+// Writes that never leave a half-written file behind: data goes to "<name>.tmp-<pid>" in the
+// same directory, is flushed, then renamed over the target in one step.
+#pragma once
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string_view>
+
+namespace kiln {
+
+// Calls `write(file)` on a temporary file beside `target`, fsyncs and renames it to `target`.
+// If `write` throws, the temporary is removed and the exception propagates; `target` is untouched.
+void write_file_atomically(const std::filesystem::path& target, const std::function<void(std::FILE*)>& write);
+
+// Convenience for small text files (config.json, reports).
+void write_text_atomically(const std::filesystem::path& target, std::string_view text);
+
+// Replaces a whole directory the same way: build it in `build(tmp_dir)`, then rename into place.
+// An existing `target` is moved aside and deleted only after the rename succeeded.
+void write_directory_atomically(const std::filesystem::path& target,
+                                const std::function<void(const std::filesystem::path&)>& build);
+
+}  // namespace kiln

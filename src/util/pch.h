@@ -1,0 +1,3 @@
+// Precompiled header: the heavy libtorch includes shared by every torch-facing translation unit.
+#pragma once
+#include <torch/torch.h>

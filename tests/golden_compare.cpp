@@ -1,0 +1,50 @@
+#include "golden_compare.h"
+
+#include <torch/torch.h>
+
+#include <sstream>
+
+namespace kiln::test {
+
+std::filesystem::path golden_dir() { return KILN_GOLDEN_DIR; }
+
+SafeTensorsFile golden_file(const std::string& name) { return SafeTensorsFile::open(golden_dir() / name); }
+
+double max_abs_error(const torch::Tensor& actual, const torch::Tensor& expected) {
+  return (actual.to(torch::kDouble) - expected.to(torch::kDouble)).abs().max().item<double>();
+}
+
+double max_relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
+  auto a = actual.to(torch::kDouble), e = expected.to(torch::kDouble);
+  return ((a - e).abs() / (e.abs() + 1e-12)).max().item<double>();
+}
+
+::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                     Tolerance tol, const std::string& name) {
+  if (actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << name << ": shape " << actual.sizes() << " != expected "
+                                         << expected.sizes();
+  }
+  auto a = actual.detach().to(torch::kCPU).to(torch::kDouble).flatten();
+  auto e = expected.detach().to(torch::kCPU).to(torch::kDouble).flatten();
+  if (a.numel() == 0) return ::testing::AssertionSuccess();
+  auto diff = (a - e).abs();
+  auto allowed = tol.atol + tol.rtol * e.abs();
+  auto bad = (diff > allowed) | a.isnan() != e.isnan();
+  const int64_t n_bad = bad.sum().item<int64_t>();
+  if (n_bad == 0) return ::testing::AssertionSuccess();
+  const int64_t worst = (diff - allowed).argmax().item<int64_t>();
+  std::ostringstream msg;
+  msg << name << ": " << n_bad << " of " << a.numel() << " elements outside atol " << tol.atol << " rtol "
+      << tol.rtol << "; max abs err " << diff.max().item<double>() << ", max rel err "
+      << max_relative_error(a, e) << "; worst at flat index " << worst << ": got " << a[worst].item<double>()
+      << " want " << e[worst].item<double>() << "; first pairs:";
+  auto idx = bad.nonzero().flatten();
+  for (int64_t i = 0; i < std::min<int64_t>(5, idx.numel()); ++i) {
+    const int64_t k = idx[i].item<int64_t>();
+    msg << " [" << k << "] " << a[k].item<double>() << " vs " << e[k].item<double>();
+  }
+  return ::testing::AssertionFailure() << msg.str();
+}
+
+}  // namespace kiln::test

@@ -1,0 +1,36 @@
+// Golden comparison helpers shared by the tests: reference data loading and |a-b| <= atol + rtol*|ref|.
+#pragma once
+#include <gtest/gtest.h>
+#include <torch/types.h>
+
+#include <filesystem>
+#include <string>
+
+#include "io/safetensors.h"
+
+namespace kiln::test {
+
+// Tolerances, one commented table for the whole suite (fp32 CPU, against the Python reference run
+// with 1 thread; the golden README measured up to 2.1e-5 drift from thread count alone on VAE decode).
+struct Tolerance {
+  double atol;
+  double rtol;
+};
+inline constexpr Tolerance kSingleForward{1e-5, 1e-5};  // one network forward pass, fp32
+inline constexpr Tolerance kDeepForward{1e-4, 1e-4};    // VAE decode and long chains
+inline constexpr Tolerance kExact{0.0, 0.0};             // conversions, merges, tables
+
+std::filesystem::path golden_dir();
+// A golden reference file opened as safetensors, e.g. golden_file("unet.safetensors").
+SafeTensorsFile golden_file(const std::string& name);
+
+// Gtest assertion: shapes equal and |actual-expected| <= atol + rtol*|expected| elementwise.
+// On failure the message names the tensor, the worst element, max abs and max rel error and a few pairs.
+::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
+                                     Tolerance tol, const std::string& name);
+
+// Largest |a-b| / (|b| + tiny) over elements, for reporting the tolerance actually reached.
+double max_relative_error(const torch::Tensor& actual, const torch::Tensor& expected);
+double max_abs_error(const torch::Tensor& actual, const torch::Tensor& expected);
+
+}  // namespace kiln::test

@@ -1,0 +1,11 @@
+// The kiln subcommands: each file adds one subcommand to the CLI and runs it through the library.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace kiln::cli {
+
+void add_inspect_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_init_command(CLI::App& app);
+
+}  // namespace kiln::cli

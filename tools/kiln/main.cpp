@@ -1,0 +1,34 @@
+// kiln: the command-line entry point. Parses the subcommand, runs it, and turns any error into
+// one line on stderr and a non-zero exit.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <iostream>
+
+#include "commands.h"
+#include "util/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"kiln: fine-tune Stable Diffusion 1.x and see what training does to it"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kiln 0.1.0 (libtorch " TORCH_VERSION ")");
+  kiln::cli::add_inspect_command(app);
+  kiln::cli::add_convert_command(app);
+  kiln::cli::add_init_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const kiln::Error& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "kiln: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
