@@ -1,0 +1,70 @@
+// Forward time of each full-size SD 1.5 network at 512x512 on this CPU, beside the fp32 matrix-multiply
+// rate measured in the same run (the ratio is what compares across noisy shared machines).
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include "models/clip_text.h"
+#include "models/configs.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+namespace {
+
+// Counted FLOPs of one SD 1.5 UNet pass at a 64x64 latent (convs, linears, attention matmuls),
+// from ../shared/docs/targets.md; used to express the UNet time as a rate.
+constexpr double kUNetFlops64 = 803e9;
+
+void BM_MatmulFp32(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = state.range(0);
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  for (auto _ : state) benchmark::DoNotOptimize(torch::mm(a, b));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * n * n * n * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_MatmulFp32)->Arg(2048)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+
+void BM_UNetForward(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  const int64_t side = state.range(0);  // latent side: 64 = 512 px
+  kiln::UNet2DConditionModel unet(kiln::sd15_configs().unet);
+  unet->eval();
+  auto sample = torch::randn({1, 4, side, side});
+  auto timestep = torch::tensor({500}, torch::kLong);
+  auto context = torch::randn({1, 77, 768});
+  for (auto _ : state) benchmark::DoNotOptimize(unet->forward(sample, timestep, context));
+  const double flops = kUNetFlops64 * (side * side) / (64.0 * 64.0);  // attention excepted, ~linear in pixels
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_UNetForward)->Arg(64)->Unit(benchmark::kSecond)->Iterations(2);
+
+void BM_TextEncoderForward(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  kiln::CLIPTextModel text_encoder(kiln::sd15_configs().text_encoder);
+  text_encoder->eval();
+  auto ids = torch::randint(0, 49408, {1, 77}, torch::kLong);
+  for (auto _ : state) benchmark::DoNotOptimize(text_encoder->forward(ids).last_hidden_state);
+}
+BENCHMARK(BM_TextEncoderForward)->Unit(benchmark::kMillisecond)->MinTime(2.0);
+
+void BM_VAEEncode(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  kiln::AutoencoderKL vae(kiln::sd15_configs().vae);
+  vae->eval();
+  auto image = torch::rand({1, 3, 512, 512}) * 2 - 1;
+  for (auto _ : state) benchmark::DoNotOptimize(vae->encode(image).mean);
+}
+BENCHMARK(BM_VAEEncode)->Unit(benchmark::kSecond)->Iterations(1);
+
+void BM_VAEDecode(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  kiln::AutoencoderKL vae(kiln::sd15_configs().vae);
+  vae->eval();
+  auto latent = torch::randn({1, 4, 64, 64});
+  for (auto _ : state) benchmark::DoNotOptimize(vae->decode(latent));
+}
+BENCHMARK(BM_VAEDecode)->Unit(benchmark::kSecond)->Iterations(1);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs kiln's benchmarks and writes bench/results/<date>-<host>.md naming the machine.
+# usage: bench/run.sh [BUILD_DIR]   (builds first; makes a full-size SD 1.5 fp16 file in $TMPDIR if needed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${1:-build}"
+cmake --build "$build" --target kiln_cli bench_networks bench_load -j "$(nproc)"
+tmp="${TMPDIR:-/tmp}"
+sd15="$tmp/kiln-bench-sd15-fp16.safetensors"
+[ -f "$sd15" ] || "$build/kiln" init "$sd15" --arch sd15 --dtype fp16 --seed 0
+
+stamp="$(date -u +%Y-%m-%d)"
+out="bench/results/$stamp-$(hostname -s).md"
+mkdir -p bench/results
+cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+{
+  echo "# kiln benchmarks, $stamp"
+  echo
+  echo "- machine: $(hostname -s), $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
+  echo "- libtorch: $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null || echo unknown), threads: default"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
+  echo
+  echo "## Open and load a full-size SD 1.5 fp16 file ($(du -h "$sd15" | cut -f1)) into fp32 modules"
+  echo
+  echo '```'
+  "$build/bench/bench_load" "$sd15"
+  echo '```'
+  echo
+  echo "## Forward passes (full-size SD 1.5, batch 1, 512x512 / 64x64 latent) and fp32 matmul rate"
+  echo
+  echo '```'
+  "$build/bench/bench_networks" --benchmark_counters_tabular=true 2>&1
+  echo '```'
+} | tee "$out"
+echo "wrote $out"
