@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "io/safetensors_header.h"
@@ -28,6 +29,8 @@ class SafeTensorsFile {
 
   const std::filesystem::path& path() const { return path_; }
   uint64_t file_size() const;
+  // The whole mapped file (header included), e.g. for hashing the data section without re-reading it.
+  std::string_view bytes() const;
   const SafeTensorsHeader& header() const { return header_; }
   const Metadata& metadata() const { return header_.metadata; }
   const std::vector<TensorEntry>& entries() const { return header_.tensors; }  // sorted by name
