@@ -345,7 +345,7 @@ TEST_P(MalformedFile, IsRejectedWithAMessageNamingFileAndProblem) {
   const std::string message = error_of(p);
   EXPECT_EQ(message.rfind(p.string() + ": ", 0), 0u) << message;
   EXPECT_NE(message.find(GetParam().expected), std::string::npos) << message;
-  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  for (unsigned char c : message) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "unprintable byte " << int(c) << " in: " << message;
 }
 
 INSTANTIATE_TEST_SUITE_P(SafeTensors, MalformedFile, ::testing::ValuesIn(bad_files()),

@@ -167,8 +167,20 @@ class HeaderSax {
     // Drop nlohmann's "[json.exception.parse_error.101] " tag; the rest says where and what.
     if (auto pos = what.find("] "); what.rfind("[json.exception", 0) == 0 && pos != std::string::npos)
       what = what.substr(pos + 2);
-    if (what.size() > 300) what = what.substr(0, 300) + "...";
-    return fail("header is not valid JSON: " + what);
+    // nlohmann quotes the offending bytes raw; escape them so the message stays printable ASCII.
+    std::string clean;
+    for (size_t i = 0; i < what.size() && clean.size() < 300; ++i) {
+      const unsigned char c = static_cast<unsigned char>(what[i]);
+      if (c >= 0x20 && c < 0x7f) {
+        clean.push_back(static_cast<char>(c));
+      } else {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", c);
+        clean += hex;
+      }
+    }
+    if (clean.size() >= 300) clean += "...";
+    return fail("header is not valid JSON: " + clean);
   }
 
  private:
