@@ -125,6 +125,8 @@ TEST(SafeTensors, RoundTripsEveryDtypeIncludingScalarsAndEmptyTensors) {
   in["empty_f32"] = torch::empty({0, 4});                   // zero elements, begin == end
   in["empty_u8"] = torch::empty({0}, torch::kUInt8);
   in["strided"] = torch::arange(24, torch::kFloat32).view({4, 6}).t();  // non-contiguous input
+  in["expanded"] = torch::tensor({1.5f}).expand({3});                    // stride 0
+  in["with_grad"] = torch::randn({2}, torch::requires_grad());
   const fs::path p = dir / "all.safetensors";
   kiln::save_safetensors(p, in, {});
 
@@ -148,6 +150,19 @@ TEST(SafeTensors, RoundTripsEveryDtypeIncludingScalarsAndEmptyTensors) {
   EXPECT_EQ(strided->shape, (std::vector<int64_t>{6, 4}));
   EXPECT_EQ(f.find("missing"), nullptr);
   EXPECT_EQ(f.tensors().size(), in.size());
+}
+
+TEST(SafeTensors, NamesAndMetadataNeedingJSONEscapesRoundTrip) {
+  TempDir dir;
+  const fs::path p = dir / "names.safetensors";
+  kiln::SafeTensorsWriteOptions opts;
+  // kohya stores nested JSON as strings; A1111 decodes values starting with '{'.
+  opts.metadata = {{"ss_tag_frequency", R"({"img": {"a \"cat\"": 3}})"}, {"\u00fcber", "\u2713 \n tab\t"}, {"empty", ""}};
+  const kiln::StateDict in = {{"quote\"back\\slash", torch::ones({1})}, {"\u6f22/\u00e4", torch::zeros({2})}, {"", torch::ones({3})}};
+  kiln::save_safetensors(p, in, opts);
+  auto f = SafeTensorsFile::open(p);
+  EXPECT_EQ(f.metadata(), opts.metadata);
+  for (const auto& [name, t] : in) EXPECT_TRUE(torch::equal(f.tensor(name), t)) << name;
 }
 
 TEST(SafeTensors, WriterOrdersByDtypeSizeThenName) {
