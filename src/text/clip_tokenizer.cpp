@@ -1093,4 +1093,29 @@ std::string ftfy_fix_text(std::string_view text) { return encode_utf8(ftfy_fix(d
 
 std::string clip_clean_text(std::string_view text) { return encode_utf8(clean_text(text)); }
 
+void write_clip_tokenizer_folder(const std::filesystem::path& dir) {
+  const auto tokenizer = CLIPTokenizer::from_embedded();
+  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
+  for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) vocab[tokenizer.id_to_token(id)] = id;
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream out(dir / name, std::ios::binary);
+    out << text;
+    if (!out) throw_file_error(dir / name, "cannot write");
+  };
+  write("vocab.json", vocab.dump(2));
+  write("merges.txt", std::string(kiln_clip_merges_begin, kiln_clip_merges_end));
+  const nlohmann::ordered_json special = {
+      {"bos_token", std::string(CLIPTokenizer::kBosToken)},
+      {"eos_token", std::string(CLIPTokenizer::kEosToken)},
+      {"pad_token", std::string(CLIPTokenizer::kEosToken)},
+      {"unk_token", std::string(CLIPTokenizer::kEosToken)}};
+  write("special_tokens_map.json", special.dump(2));
+  nlohmann::ordered_json config = special;
+  config["tokenizer_class"] = "CLIPTokenizer";
+  config["model_max_length"] = CLIPTokenizer::kMaxLength;
+  config["errors"] = "replace";
+  config["clean_up_tokenization_spaces"] = true;
+  write("tokenizer_config.json", config.dump(2));
+}
+
 }  // namespace kiln

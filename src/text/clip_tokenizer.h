@@ -76,4 +76,8 @@ class CLIPTokenizer {
   std::unique_ptr<Cache> cache_;
 };
 
+// Writes a diffusers/transformers `tokenizer/` folder for the embedded CLIP vocabulary (vocab.json,
+// merges.txt, special_tokens_map.json, tokenizer_config.json as SD 1.5 ships them). `dir` must exist.
+void write_clip_tokenizer_folder(const std::filesystem::path& dir);
+
 }  // namespace kiln
