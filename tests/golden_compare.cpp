@@ -10,6 +10,13 @@ std::filesystem::path golden_dir() { return KILN_GOLDEN_DIR; }
 
 SafeTensorsFile golden_file(const std::string& name) { return SafeTensorsFile::open(golden_dir() / name); }
 
+std::filesystem::path tiny_model_path() { return golden_dir() / "tiny-sd" / "model.safetensors"; }
+std::filesystem::path tiny_config_path() { return golden_dir() / "tiny-sd" / "diffusers-configs"; }
+
+StableDiffusionModels load_tiny_models() {
+  return build_models(read_checkpoint(tiny_model_path(), tiny_config_path()));
+}
+
 double max_abs_error(const torch::Tensor& actual, const torch::Tensor& expected) {
   return (actual.to(torch::kDouble) - expected.to(torch::kDouble)).abs().max().item<double>();
 }
@@ -30,7 +37,7 @@ double max_relative_error(const torch::Tensor& actual, const torch::Tensor& expe
   if (a.numel() == 0) return ::testing::AssertionSuccess();
   auto diff = (a - e).abs();
   auto allowed = tol.atol + tol.rtol * e.abs();
-  auto bad = (diff > allowed) | a.isnan() != e.isnan();
+  auto bad = (diff > allowed) | (a.isnan() != e.isnan());
   const int64_t n_bad = bad.sum().item<int64_t>();
   if (n_bad == 0) return ::testing::AssertionSuccess();
   const int64_t worst = (diff - allowed).argmax().item<int64_t>();

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "io/safetensors.h"
+#include "models/model_loading.h"
 
 namespace kiln::test {
 
@@ -23,6 +24,12 @@ inline constexpr Tolerance kExact{0.0, 0.0};             // conversions, merges,
 std::filesystem::path golden_dir();
 // A golden reference file opened as safetensors, e.g. golden_file("unet.safetensors").
 SafeTensorsFile golden_file(const std::string& name);
+
+// The golden tiny model, loaded the way users load models: the LDM single file through kiln's
+// converter, with the diffusers configs beside it (head counts cannot be read from shapes).
+std::filesystem::path tiny_model_path();
+std::filesystem::path tiny_config_path();
+StableDiffusionModels load_tiny_models();
 
 // Gtest assertion: shapes equal and |actual-expected| <= atol + rtol*|expected| elementwise.
 // On failure the message names the tensor, the worst element, max abs and max rel error and a few pairs.

@@ -82,14 +82,16 @@ VAEBlockImpl::VAEBlockImpl(int64_t in_channels, int64_t out_channels, int64_t la
   resnets = register_module("resnets", torch::nn::ModuleList());
   for (int64_t i = 0; i < layers; ++i)
     resnets->push_back(VAEResnetBlock(i == 0 ? in_channels : out_channels, out_channels, groups));
-  if (downsample) downsamplers = register_module("downsamplers", torch::nn::ModuleList(Resample(out_channels, true)));
-  if (upsample) upsamplers = register_module("upsamplers", torch::nn::ModuleList(Resample(out_channels, false)));
+  downsamplers = register_module("downsamplers", torch::nn::ModuleList());
+  upsamplers = register_module("upsamplers", torch::nn::ModuleList());
+  if (downsample) downsamplers->push_back(Resample(out_channels, true));
+  if (upsample) upsamplers->push_back(Resample(out_channels, false));
 }
 
 torch::Tensor VAEBlockImpl::forward(torch::Tensor x) {
   for (const auto& r : *resnets) x = r->as<VAEResnetBlock>()->forward(x);
-  if (downsamplers) x = downsamplers[0]->as<Resample>()->forward(x);
-  if (upsamplers) x = upsamplers[0]->as<Resample>()->forward(x);
+  for (const auto& resample : *downsamplers) x = resample->as<Resample>()->forward(x);
+  for (const auto& resample : *upsamplers) x = resample->as<Resample>()->forward(x);
   return x;
 }
 
