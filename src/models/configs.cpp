@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 
 #include "util/error.h"
@@ -21,6 +22,28 @@ void read_if_present(const json& j, const char* key, T& field) {
 std::vector<int64_t> per_block(const json& value, size_t blocks) {
   if (value.is_array()) return value.get<std::vector<int64_t>>();
   return std::vector<int64_t>(blocks, value.get<int64_t>());
+}
+
+void require(bool ok, const std::string& source, const std::string& problem) {
+  if (!ok) throw_file_error(source, problem);
+}
+
+bool is_set(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+
+// A config key kiln cannot honour: present, not null and not the SD 1.x value.
+template <typename T>
+void require_value(const json& j, const char* key, const T& sd1_value, const std::string& source,
+                   const std::string& what) {
+  if (is_set(j, key) && j.at(key).get<T>() != sd1_value)
+    throw_file_error(source, std::string(key) + " = " + j.at(key).dump() + ": " + what + "; kiln supports SD 1.x only");
+}
+
+bool all_positive(const std::vector<int64_t>& v) {
+  return !v.empty() && std::all_of(v.begin(), v.end(), [](int64_t x) { return x > 0; });
+}
+
+bool all_divisible(const std::vector<int64_t>& v, int64_t by) {
+  return by > 0 && std::all_of(v.begin(), v.end(), [&](int64_t x) { return x % by == 0; });
 }
 
 json read_json_file(const fs::path& path) {
@@ -98,6 +121,38 @@ UNetConfig unet_config_from_json(const json& j, const std::string& source) {
       throw_file_error(source, "block_out_channels, down/up_block_types and head counts disagree in length");
     if (j.contains("addition_embed_type") && !j["addition_embed_type"].is_null())
       throw_file_error(source, "addition_embed_type is set: an SDXL-style UNet, not SD 1.x");
+    // Options that change the network away from SD 1.x's (diffusers UNet2DConditionModel arguments).
+    if (is_set(j, "transformer_layers_per_block")) {
+      const auto& t = j["transformer_layers_per_block"];
+      const bool one = t.is_array() ? std::all_of(t.begin(), t.end(), [](const json& x) { return x == 1; }) : t == 1;
+      require(one, source, "transformer_layers_per_block = " + t.dump() + " (SDXL-style); kiln supports SD 1.x only");
+    }
+    for (const char* key : {"class_embed_type", "num_class_embeds", "time_cond_proj_dim", "encoder_hid_dim",
+                            "encoder_hid_dim_type", "time_embedding_dim"})
+      require(!is_set(j, key), source, std::string(key) + " is set; kiln supports SD 1.x UNets only");
+    if (is_set(j, "only_cross_attention")) {
+      const auto& t = j["only_cross_attention"];
+      const bool any = t.is_array() ? std::any_of(t.begin(), t.end(), [](const json& x) { return x == true; }) : t == true;
+      require(!any, source, "only_cross_attention is set; kiln supports SD 1.x UNets only");
+    }
+    require_value(j, "dual_cross_attention", false, source, "dual cross attention");
+    require_value(j, "center_input_sample", false, source, "input centring");
+    require_value(j, "act_fn", std::string("silu"), source, "activation");
+    require_value(j, "resnet_time_scale_shift", std::string("default"), source, "scale-shift time conditioning");
+    require_value(j, "mid_block_type", std::string("UNetMidBlock2DCrossAttn"), source, "mid block type");
+    require_value(j, "time_embedding_type", std::string("positional"), source, "time embedding");
+    require_value(j, "attention_type", std::string("default"), source, "attention type");
+    require_value(j, "conv_in_kernel", int64_t{3}, source, "conv_in kernel");
+    require_value(j, "conv_out_kernel", int64_t{3}, source, "conv_out kernel");
+    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 && c.layers_per_block > 0 &&
+                c.cross_attention_dim > 0,
+            source, "channel counts and layers_per_block must be positive");
+    require(all_positive(c.num_attention_heads), source, "head counts must be positive");
+    require(all_divisible(c.block_out_channels, c.norm_num_groups), source,
+            "block_out_channels must be multiples of norm_num_groups");
+    for (size_t i = 0; i < blocks; ++i)
+      require(c.block_out_channels[i] % c.num_attention_heads[i] == 0, source,
+              "block_out_channels[" + std::to_string(i) + "] is not a multiple of its head count");
     return c;
   } catch (const json::exception& e) {
     throw_file_error(source, std::string("bad UNet config: ") + e.what());
@@ -120,6 +175,9 @@ CLIPTextConfig clip_text_config_from_json(const json& j, const std::string& sour
     read_if_present(j, "pad_token_id", c.pad_token_id);
     if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")
       throw_file_error(source, "hidden_act '" + c.hidden_act + "' is not supported (quick_gelu or gelu)");
+    require(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers > 0 &&
+                c.num_attention_heads > 0 && c.max_position_embeddings > 0,
+            source, "sizes, layer and head counts must be positive");
     if (c.hidden_size % c.num_attention_heads != 0)
       throw_file_error(source, "hidden_size is not a multiple of num_attention_heads");
     return c;
@@ -139,6 +197,27 @@ VAEConfig vae_config_from_json(const json& j, const std::string& source) {
     read_if_present(j, "norm_num_groups", c.norm_num_groups);
     read_if_present(j, "sample_size", c.sample_size);
     read_if_present(j, "scaling_factor", c.scaling_factor);
+    const size_t blocks = c.block_out_channels.size();
+    for (const auto& [key, type] : {std::pair{"down_block_types", "DownEncoderBlock2D"},
+                                    std::pair{"up_block_types", "UpDecoderBlock2D"}}) {
+      if (!is_set(j, key)) continue;
+      const auto types = j[key].get<std::vector<std::string>>();
+      require(types.size() == blocks, source, std::string(key) + " and block_out_channels disagree in length");
+      for (const auto& t : types)
+        require(t == type, source, std::string(key) + " has '" + t + "', not an SD 1.x VAE block");
+    }
+    require_value(j, "act_fn", std::string("silu"), source, "activation");
+    require_value(j, "use_quant_conv", true, source, "VAE without quant_conv");
+    require_value(j, "use_post_quant_conv", true, source, "VAE without post_quant_conv");
+    require_value(j, "mid_block_add_attention", true, source, "VAE without mid-block attention");
+    require(!is_set(j, "shift_factor") || j["shift_factor"] == 0, source,
+            "shift_factor is set (an SD3/Flux-style VAE); kiln supports SD 1.x only");
+    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 && c.latent_channels > 0 &&
+                c.layers_per_block > 0,
+            source, "channel counts and layers_per_block must be positive");
+    require(all_divisible(c.block_out_channels, c.norm_num_groups), source,
+            "block_out_channels must be multiples of norm_num_groups");
+    require(c.scaling_factor > 0, source, "scaling_factor must be positive");
     return c;
   } catch (const json::exception& e) {
     throw_file_error(source, std::string("bad VAE config: ") + e.what());

@@ -30,6 +30,8 @@ struct UNetConfig {
   int64_t freq_shift = 0;
   int64_t sample_size = 64;          // latent side the model was trained at (512 px / 8)
   bool use_linear_projection = false;  // SD 2.x style; rejected by kiln's SD 1.x UNet
+
+  bool operator==(const UNetConfig&) const = default;
 };
 
 // transformers CLIPTextModel (CLIP ViT-L/14 text tower for SD 1.x).
@@ -45,6 +47,8 @@ struct CLIPTextConfig {
   int64_t bos_token_id = 49406;
   int64_t eos_token_id = 49407;
   int64_t pad_token_id = 1;
+
+  bool operator==(const CLIPTextConfig&) const = default;
 };
 
 // diffusers AutoencoderKL (the SD 1.x VAE, "kl-f8").
@@ -58,6 +62,8 @@ struct VAEConfig {
   int64_t sample_size = 512;
   // Latents are multiplied by this after encoding and divided by it before decoding.
   double scaling_factor = 0.18215;
+
+  bool operator==(const VAEConfig&) const = default;
 };
 
 inline constexpr double kSD1LatentScale = 0.18215;
@@ -66,6 +72,8 @@ struct ModelConfigs {
   UNetConfig unet;
   CLIPTextConfig text_encoder;
   VAEConfig vae;
+
+  bool operator==(const ModelConfigs&) const = default;
 };
 
 // The tiny architecture of the golden reference model (tests, benchmarks, demos).

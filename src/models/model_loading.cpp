@@ -65,8 +65,7 @@ StableDiffusionModels build_models(const Checkpoint& checkpoint) {
     if (checkpoint.component(part).empty())
       throw_file_error(checkpoint.source, "has no " + std::string(component_name(part)) + " weights");
   if (!checkpoint.configs_complete)
-    throw_file_error(checkpoint.source, "the attention head counts of this architecture cannot be inferred from "
-                                        "tensor shapes; pass --config DIR (a diffusers folder or config.json)");
+    throw_file_error(checkpoint.source, std::string(kHeadCountsUnknown));
   StableDiffusionModels models(checkpoint.configs);
   load_state_dict(*models.unet, checkpoint.unet, checkpoint.source.string() + " (unet)");
   load_state_dict(*models.text_encoder, checkpoint.text_encoder, checkpoint.source.string() + " (text encoder)");
