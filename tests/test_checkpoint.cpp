@@ -478,5 +478,48 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   EXPECT_EQ(fs::file_size(a_file), 8u);
 }
 
+TEST_F(CheckpointTest, LoaderListsAtMostTwentyNamesWithCountsAndCasts) {
+  CLIPTextModel te(tiny_configs().text_encoder);
+  const auto message = error_of([&] { load_state_dict(*te, {}, "empty.safetensors"); });
+  EXPECT_NE(message.find("empty.safetensors: does not fit the model; 52 missing: "), std::string::npos) << message;
+  EXPECT_NE(message.find("... (32 more)"), std::string::npos) << message;
+
+  // bf16 weights land in the fp32 parameters, rounded once; state_dict() gives them back by name.
+  const auto ckpt = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
+  StateDict half;
+  for (const auto& [name, t] : ckpt.text_encoder) half[name] = t.to(torch::kBFloat16);
+  load_state_dict(*te, half, "bf16");
+  const auto loaded = state_dict(*te);
+  ASSERT_EQ(loaded.size(), 52u);
+  for (const auto& [name, t] : loaded) {
+    EXPECT_EQ(t.scalar_type(), torch::kFloat32) << name;
+    EXPECT_TRUE(torch::equal(t, half.at(name).to(torch::kFloat32))) << name;
+  }
+}
+
+TEST_F(CheckpointTest, ConvertsInPlace) {
+  const auto file = dir_ / "model.safetensors";
+  fs::copy_file(test::tiny_model_path(), file);
+  write_checkpoint(read_checkpoint(file), file, CheckpointLayout::Ldm, torch::kFloat16);
+  const auto original = SafeTensorsFile::open(test::tiny_model_path());
+  const auto converted = SafeTensorsFile::open(file);
+  ASSERT_EQ(converted.entries().size(), original.entries().size());
+  for (const auto& e : original.entries()) {
+    const auto t = original.tensor(e.name);
+    const auto expected = t.is_floating_point() ? t.to(torch::kFloat16) : t;
+    EXPECT_TRUE(torch::equal(converted.tensor(e.name), expected)) << e.name;
+  }
+  // The same for a diffusers folder written over itself.
+  const auto folder = dir_ / "folder";
+  write_checkpoint(read_checkpoint(file, test::tiny_config_path()), folder, CheckpointLayout::Diffusers);
+  write_checkpoint(read_checkpoint(folder), folder, CheckpointLayout::Diffusers, torch::kFloat32);
+  std::string why;
+  EXPECT_TRUE(same_tensors(read_checkpoint(folder).unet, [&] {
+    StateDict expected;
+    for (const auto& [name, t] : read_checkpoint(file).unet) expected[name] = t.to(torch::kFloat32);
+    return expected;
+  }(), &why)) << why;
+}
+
 }  // namespace
 }  // namespace kiln
