@@ -466,6 +466,11 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   save_safetensors(foreign, {{"down_blocks.0.resnets.5.conv1.weight", torch::zeros({1})}});
   expect_error(foreign, "down_blocks.0.resnets.5.conv1.weight", [&] { read_checkpoint(dir_ / "foreign"); });
 
+  // A --config that is not there, or is no model config.
+  expect_error(dir_ / "no-config", "does not exist", [&] { read_checkpoint(test::tiny_model_path(), dir_ / "no-config"); });
+  const auto scheduler = tiny_config / "scheduler" / "scheduler_config.json";
+  expect_error(scheduler, "PNDMScheduler", [&] { read_checkpoint(test::tiny_model_path(), scheduler); });
+
   // Writing never replaces something that is not the same kind of output.
   const auto ckpt = read_checkpoint(test::tiny_model_path(), tiny_config);
   const auto a_file = dir_ / "keep.safetensors";

@@ -537,9 +537,8 @@ Checkpoint read_checkpoint(const fs::path& path, const std::optional<fs::path>& 
     if (!configured.empty()) ckpt.configs = read_model_configs(path, ckpt.configs);
   }
   if (config) {
+    ckpt.configs = read_model_configs(*config, ckpt.configs);  // its errors name the config file and the problem
     const auto given = configured_components(*config);
-    if (given.empty()) throw_file_error(*config, "no unet, text encoder or VAE config.json found here");
-    ckpt.configs = read_model_configs(*config, ckpt.configs);
     configured.insert(given.begin(), given.end());
   }
 
