@@ -10,6 +10,7 @@
 #include <array>
 #include <climits>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -1095,8 +1096,10 @@ std::string clip_clean_text(std::string_view text) { return encode_utf8(clean_te
 
 void write_clip_tokenizer_folder(const std::filesystem::path& dir) {
   const auto tokenizer = CLIPTokenizer::from_embedded();
-  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
-  for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) vocab[tokenizer.id_to_token(id)] = id;
+  // Sorted by token, as transformers writes it (and an ordered_json insert would be quadratic here).
+  std::map<std::string, int64_t> tokens;
+  for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) tokens.emplace(tokenizer.id_to_token(id), id);
+  const nlohmann::json vocab(tokens);
   auto write = [&](const std::string& name, const std::string& text) {
     std::ofstream out(dir / name, std::ios::binary);
     out << text;
