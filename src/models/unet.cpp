@@ -120,7 +120,9 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = proj_in(norm(x)).permute({0, 2, 3, 1}).reshape({b, h * w, c});  // [B, HW, C]
   for (const auto& block : *transformer_blocks) tokens = block->as<BasicTransformerBlock>()->forward(tokens, context);
-  auto out = tokens.reshape({b, h, w, c}).permute({0, 3, 1, 2});  // [B, C, H, W]
+  // contiguous() as diffusers does: a channels-last view would send proj_out (and everything after the
+  // residual add) down other conv kernels with other rounding.
+  auto out = tokens.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
   return proj_out(out) + x;
 }
 
