@@ -11,6 +11,7 @@
 
 #include "io/checkpoint.h"
 #include "models/model_loading.h"
+#include "util/threads.h"
 
 namespace {
 
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   }
   std::optional<std::filesystem::path> config;
   if (argc >= 4 && std::string(argv[2]) == "--config") config = argv[3];
+  kiln::configure_threads();
   try {
     const double rss_before = peak_rss_gib();
     const auto start = std::chrono::steady_clock::now();

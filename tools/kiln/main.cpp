@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "util/error.h"
+#include "util/threads.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kiln: fine-tune Stable Diffusion 1.x and see what training does to it"};
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_convert_command(app);
   kiln::cli::add_init_command(app);
   try {
+    kiln::configure_threads();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
