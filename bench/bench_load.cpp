@@ -42,8 +42,9 @@ int main(int argc, char** argv) {
     const double t_open = seconds_since(start);
     auto models = kiln::build_models(checkpoint);
     const double t_total = seconds_since(start);
-    std::printf("{\"open_s\": %.3f, \"open_and_load_s\": %.3f, \"peak_rss_gib\": %.3f, \"rss_before_gib\": %.3f}\n",
-                t_open, t_total, peak_rss_gib(), rss_before);
+    std::printf(
+        "{\"open_s\": %.3f, \"open_and_load_s\": %.3f, \"peak_rss_gib\": %.3f, \"rss_before_gib\": %.3f}\n",
+        t_open, t_total, peak_rss_gib(), rss_before);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_load: %s\n", e.what());
     return 1;

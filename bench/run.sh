@@ -17,7 +17,7 @@ cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   echo "# kiln benchmarks, $stamp"
   echo
   echo "- machine: $(hostname -s), $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
-  echo "- libtorch: $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null || echo unknown), threads: default"
+  echo "- libtorch: $(dpkg-query -W -f='${Version}' libtorch-dev 2>/dev/null || echo unknown), threads: torch on every core (KILN_THREADS overrides), OpenBLAS 1 thread inside it"
   echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
   echo
   echo "## Open and load a full-size SD 1.5 fp16 file ($(du -h "$sd15" | cut -f1)) into fp32 modules"

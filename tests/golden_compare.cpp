@@ -29,8 +29,8 @@ double max_relative_error(const torch::Tensor& actual, const torch::Tensor& expe
 ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected,
                                      Tolerance tol, const std::string& name) {
   if (actual.sizes() != expected.sizes()) {
-    return ::testing::AssertionFailure() << name << ": shape " << actual.sizes() << " != expected "
-                                         << expected.sizes();
+    return ::testing::AssertionFailure()
+           << name << ": shape " << actual.sizes() << " != expected " << expected.sizes();
   }
   auto a = actual.detach().to(torch::kCPU).to(torch::kDouble).flatten();
   auto e = expected.detach().to(torch::kCPU).to(torch::kDouble).flatten();

@@ -19,7 +19,7 @@ struct Tolerance {
 };
 inline constexpr Tolerance kSingleForward{1e-5, 1e-5};  // one network forward pass, fp32
 inline constexpr Tolerance kDeepForward{1e-4, 1e-4};    // VAE decode and long chains
-inline constexpr Tolerance kExact{0.0, 0.0};             // conversions, merges, tables
+inline constexpr Tolerance kExact{0.0, 0.0};            // conversions, merges, tables
 
 std::filesystem::path golden_dir();
 // A golden reference file opened as safetensors, e.g. golden_file("unet.safetensors").

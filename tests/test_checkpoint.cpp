@@ -2,8 +2,8 @@
 // (checked name-for-name against keymap.json and, where ../shared is present, bit-for-bit against
 // the folder diffusers wrote), bit-exact round trips, and clear errors for bad input.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -21,8 +21,8 @@ class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
-           ("kiln-ckpt-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
-            std::to_string(::getpid()));
+           ("kiln-ckpt-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "-" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -80,8 +80,9 @@ TEST_F(CheckpointTest, DiffusersFolderMatchesKeymapAndReference) {
   const auto ckpt = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
   const auto folder = dir_ / "tiny";
   write_checkpoint(ckpt, folder, CheckpointLayout::Diffusers);
-  for (const char* f : {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json",
-                        "tokenizer/merges.txt", "unet/config.json", "text_encoder/config.json", "vae/config.json"})
+  for (const char* f :
+       {"model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+        "unet/config.json", "text_encoder/config.json", "vae/config.json"})
     EXPECT_TRUE(fs::exists(folder / f)) << f;
 
   std::ifstream in(test::golden_dir() / "tiny-sd" / "keymap.json");
@@ -98,7 +99,8 @@ TEST_F(CheckpointTest, DiffusersFolderMatchesKeymapAndReference) {
     EXPECT_TRUE(torch::equal(tensor, ldm.tensor(t["ldm_name"]).reshape(tensor.sizes()))) << name;
     ++per_file[file];
   }
-  for (const auto& [file, count] : per_file) EXPECT_EQ(SafeTensorsFile::open(folder / file).entries().size(), count);
+  for (const auto& [file, count] : per_file)
+    EXPECT_EQ(SafeTensorsFile::open(folder / file).entries().size(), count);
 
   // Where ../shared is beside the checkout (developers, CI), compare with the folder diffusers wrote.
   const fs::path reference = fs::path(KILN_SOURCE_DIR) / ".." / "shared" / "golden" / "tiny-sd" / "diffusers";
@@ -124,7 +126,8 @@ TEST_F(CheckpointTest, LdmDiffusersLdmIsBitExact) {
     const auto back = dir_ / (std::string(name) + "-back.safetensors");
     write_checkpoint(read_checkpoint(folder), back, CheckpointLayout::Ldm);
     std::string why;
-    EXPECT_TRUE(same_tensors(SafeTensorsFile::open(start).tensors(), SafeTensorsFile::open(back).tensors(), &why))
+    EXPECT_TRUE(
+        same_tensors(SafeTensorsFile::open(start).tensors(), SafeTensorsFile::open(back).tensors(), &why))
         << name << ": " << why;
     const auto file = SafeTensorsFile::open(back);
     EXPECT_EQ(file.tensor("model.diffusion_model.out.2.weight").scalar_type(), dtype);
@@ -189,7 +192,8 @@ TEST_F(CheckpointTest, BadInputIsNamed) {
   EXPECT_NE(message.find("SD 2.x"), std::string::npos) << message;
 
   const auto sdxl = dir_ / "sdxl.safetensors";
-  save_safetensors(sdxl, {{"conditioner.embedders.0.transformer.text_model.final_layer_norm.bias", torch::zeros({4})}});
+  save_safetensors(
+      sdxl, {{"conditioner.embedders.0.transformer.text_model.final_layer_norm.bias", torch::zeros({4})}});
   message = error_of([&] { read_checkpoint(sdxl); });
   EXPECT_NE(message.find("SDXL"), std::string::npos) << message;
 
@@ -223,7 +227,6 @@ TEST_F(CheckpointTest, MissingAndMisshapedTensorsAreListedAndNothingLoads) {
   EXPECT_TRUE(torch::equal(unet->conv_out->weight, before));  // nothing copied
 }
 
-
 // Writes `tensors` under LDM names after applying `edit` to the tiny file's tensors.
 fs::path edited_tiny_copy(const fs::path& out, const std::function<void(StateDict&)>& edit) {
   StateDict tensors = SafeTensorsFile::open(test::tiny_model_path()).tensors();
@@ -240,7 +243,8 @@ TEST_F(CheckpointTest, ConfigsFromTinyFileWithConfigAreTinyConfigs) {
   EXPECT_EQ(ckpt.architecture, "sd1x-custom");
   EXPECT_EQ(detect_layout(test::tiny_model_path()), CheckpointLayout::Ldm);
   // A single component config.json settles only that component.
-  const auto unet_only = read_checkpoint(test::tiny_model_path(), test::tiny_config_path() / "unet" / "config.json");
+  const auto unet_only =
+      read_checkpoint(test::tiny_model_path(), test::tiny_config_path() / "unet" / "config.json");
   EXPECT_EQ(unet_only.configs.unet, tiny_configs().unet);
   EXPECT_FALSE(unet_only.configs_complete);
   // Without a config, the widths come from the shapes; head counts stay unknown.
@@ -267,8 +271,10 @@ TEST_F(CheckpointTest, ConfigThatContradictsTheTensorsIsRejected) {
   { std::ofstream(config) << to_json(sd15_configs().unet).dump(); }
   const auto message = error_of([&] { read_checkpoint(test::tiny_model_path(), config); });
   EXPECT_NE(message.find(test::tiny_model_path().string()), std::string::npos) << message;
-  EXPECT_NE(message.find("unet config says block_out_channels = [320,640,1280,1280] but the tensors have [32,64,64,64]"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find(
+          "unet config says block_out_channels = [320,640,1280,1280] but the tensors have [32,64,64,64]"),
+      std::string::npos)
       << message;
 }
 
@@ -280,7 +286,7 @@ TEST_F(CheckpointTest, Sd15WidthsGiveSd15Configs) {
   ckpt.source = "sd15-shapes";
   for (const auto& t : manifest["tensors"]) {
     const std::string file = t["file"];
-    const auto c = file.rfind("unet/", 0) == 0 ? Component::UNet
+    const auto c = file.rfind("unet/", 0) == 0  ? Component::UNet
                    : file.rfind("vae/", 0) == 0 ? Component::VAE
                                                 : Component::TextEncoder;
     // Meta tensors: shapes without 4 GB of memory.
@@ -311,7 +317,8 @@ TEST_F(CheckpointTest, ReferenceDiffusersFolderEqualsTheLdmFile) {
   EXPECT_EQ(folder.vae.size(), 244u);
   for (auto c : {Component::UNet, Component::TextEncoder, Component::VAE}) {
     std::string why;
-    EXPECT_TRUE(same_tensors(folder.component(c), ldm.component(c), &why)) << component_name(c) << ": " << why;
+    EXPECT_TRUE(same_tensors(folder.component(c), ldm.component(c), &why))
+        << component_name(c) << ": " << why;
   }
   // diffusers -> LDM reproduces the reference LDM file bit for bit.
   write_checkpoint(folder, dir_ / "back.safetensors", CheckpointLayout::Ldm);
@@ -338,7 +345,8 @@ TEST_F(CheckpointTest, WrittenFolderHasDiffusersFilesAndConfigs) {
   EXPECT_EQ(index["vae"], nlohmann::json::array({"diffusers", "AutoencoderKL"}));
   EXPECT_EQ(index["text_encoder"], nlohmann::json::array({"transformers", "CLIPTextModel"}));
   EXPECT_EQ(read_model_configs(folder), tiny_configs());
-  EXPECT_EQ(SafeTensorsFile::open(folder / component_file_name(Component::UNet)).metadata().at("format"), "pt");
+  EXPECT_EQ(SafeTensorsFile::open(folder / component_file_name(Component::UNet)).metadata().at("format"),
+            "pt");
   // Nothing is left behind beside the folder.
   size_t entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir_)) ++entries;
@@ -346,7 +354,9 @@ TEST_F(CheckpointTest, WrittenFolderHasDiffusersFilesAndConfigs) {
 
   // Rewriting over an existing diffusers folder replaces it; a different dtype is visible.
   write_checkpoint(ckpt, folder, CheckpointLayout::Diffusers, torch::kBFloat16);
-  EXPECT_EQ(SafeTensorsFile::open(folder / component_file_name(Component::VAE)).tensor("decoder.conv_in.weight").scalar_type(),
+  EXPECT_EQ(SafeTensorsFile::open(folder / component_file_name(Component::VAE))
+                .tensor("decoder.conv_in.weight")
+                .scalar_type(),
             torch::kBFloat16);
 
   // Older diffusers folders: fp16 variant file name, query/key/value/proj_attn, text encoder position_ids.
@@ -410,10 +420,10 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   expect_error(no_conv_in, "'conv_in.weight' is missing", [&] { read_checkpoint(no_conv_in); });
 
   // Missing and mis-shaped weights: named when the networks are loaded.
-  const auto missing = edited_tiny_copy(dir_ / "missing_tensor.safetensors", [](StateDict& t) {
-    t.erase("model.diffusion_model.out.2.bias");
-  });
-  expect_error(missing, "missing: conv_out.bias", [&] { build_models(read_checkpoint(missing, tiny_config)); });
+  const auto missing = edited_tiny_copy(dir_ / "missing_tensor.safetensors",
+                                        [](StateDict& t) { t.erase("model.diffusion_model.out.2.bias"); });
+  expect_error(missing, "missing: conv_out.bias",
+               [&] { build_models(read_checkpoint(missing, tiny_config)); });
   const auto misshaped = edited_tiny_copy(dir_ / "misshaped.safetensors", [](StateDict& t) {
     t["model.diffusion_model.middle_block.0.in_layers.0.weight"] = torch::zeros({65});
   });
@@ -432,7 +442,8 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   });
   expect_error(linear, "SD 2.x", [&] { read_checkpoint(linear); });
   const auto wide = edited_tiny_copy(dir_ / "sd2-context.safetensors", [](StateDict& t) {
-    t["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] = torch::zeros({32, 1024});
+    t["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] =
+        torch::zeros({32, 1024});
   });
   expect_error(wide, "SD 2.x", [&] { read_checkpoint(wide); });
   const auto label = edited_tiny_copy(dir_ / "sdxl-label.safetensors", [](StateDict& t) {
@@ -449,7 +460,8 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   const auto lora = test::golden_dir() / "lora.safetensors";
   expect_error(lora, "LoRA", [&] { read_checkpoint(lora); });
   const auto unet_file = dir_ / "diffusion_pytorch_model.safetensors";
-  save_safetensors(unet_file, {{"conv_in.weight", torch::zeros({1})}, {"down_blocks.0.resnets.0.conv1.weight", torch::zeros({1})}});
+  save_safetensors(unet_file, {{"conv_in.weight", torch::zeros({1})},
+                               {"down_blocks.0.resnets.0.conv1.weight", torch::zeros({1})}});
   expect_error(unet_file, "diffusers UNet weights file alone", [&] { detect_layout(unet_file); });
 
   // Diffusers folders: SDXL, pickled weights only, no weights at all, a weights file with foreign keys.
@@ -467,7 +479,8 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   expect_error(foreign, "down_blocks.0.resnets.5.conv1.weight", [&] { read_checkpoint(dir_ / "foreign"); });
 
   // A --config that is not there, or is no model config.
-  expect_error(dir_ / "no-config", "does not exist", [&] { read_checkpoint(test::tiny_model_path(), dir_ / "no-config"); });
+  expect_error(dir_ / "no-config", "does not exist",
+               [&] { read_checkpoint(test::tiny_model_path(), dir_ / "no-config"); });
   const auto scheduler = tiny_config / "scheduler" / "scheduler_config.json";
   expect_error(scheduler, "PNDMScheduler", [&] { read_checkpoint(test::tiny_model_path(), scheduler); });
 
@@ -477,16 +490,19 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   { std::ofstream(a_file) << "precious"; }
   expect_error(a_file, "refusing", [&] { write_checkpoint(ckpt, a_file, CheckpointLayout::Diffusers); });
   fs::create_directories(dir_ / "home" / "docs");
-  expect_error(dir_ / "home", "refusing", [&] { write_checkpoint(ckpt, dir_ / "home", CheckpointLayout::Diffusers); });
+  expect_error(dir_ / "home", "refusing",
+               [&] { write_checkpoint(ckpt, dir_ / "home", CheckpointLayout::Diffusers); });
   EXPECT_TRUE(fs::exists(dir_ / "home" / "docs"));
-  expect_error(dir_ / "home", "is a folder", [&] { write_checkpoint(ckpt, dir_ / "home", CheckpointLayout::Ldm); });
+  expect_error(dir_ / "home", "is a folder",
+               [&] { write_checkpoint(ckpt, dir_ / "home", CheckpointLayout::Ldm); });
   EXPECT_EQ(fs::file_size(a_file), 8u);
 }
 
 TEST_F(CheckpointTest, LoaderListsAtMostTwentyNamesWithCountsAndCasts) {
   CLIPTextModel te(tiny_configs().text_encoder);
   const auto message = error_of([&] { load_state_dict(*te, {}, "empty.safetensors"); });
-  EXPECT_NE(message.find("empty.safetensors: does not fit the model; 52 missing: "), std::string::npos) << message;
+  EXPECT_NE(message.find("empty.safetensors: does not fit the model; 52 missing: "), std::string::npos)
+      << message;
   EXPECT_NE(message.find("... (32 more)"), std::string::npos) << message;
 
   // bf16 weights land in the fp32 parameters, rounded once; state_dict() gives them back by name.
@@ -519,11 +535,15 @@ TEST_F(CheckpointTest, ConvertsInPlace) {
   write_checkpoint(read_checkpoint(file, test::tiny_config_path()), folder, CheckpointLayout::Diffusers);
   write_checkpoint(read_checkpoint(folder), folder, CheckpointLayout::Diffusers, torch::kFloat32);
   std::string why;
-  EXPECT_TRUE(same_tensors(read_checkpoint(folder).unet, [&] {
-    StateDict expected;
-    for (const auto& [name, t] : read_checkpoint(file).unet) expected[name] = t.to(torch::kFloat32);
-    return expected;
-  }(), &why)) << why;
+  EXPECT_TRUE(same_tensors(
+      read_checkpoint(folder).unet,
+      [&] {
+        StateDict expected;
+        for (const auto& [name, t] : read_checkpoint(file).unet) expected[name] = t.to(torch::kFloat32);
+        return expected;
+      }(),
+      &why))
+      << why;
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 // End-to-end tests of the `kiln` command line on the tiny reference model: exit codes, messages,
 // JSON output and files written, exactly as a user's script would see them.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cstdio>
@@ -107,15 +107,23 @@ TEST_F(CliTest, ConvertRoundTripIsBitExact) {
 }
 
 TEST_F(CliTest, ConvertToHalfPrecisionAndBack) {
-  const auto half = dir_ / "half.safetensors", folder = dir_ / "half-diffusers", back = dir_ / "half2.safetensors";
+  const auto half = dir_ / "half.safetensors", folder = dir_ / "half-diffusers",
+             back = dir_ / "half2.safetensors";
   ASSERT_EQ(run_kiln("convert " + kTinyModel.string() + " " + half.string() + " --layout ldm --dtype fp16 " +
-                     config_arg()).exit_code, 0);
+                     config_arg())
+                .exit_code,
+            0);
   auto f = kiln::SafeTensorsFile::open(half);
   EXPECT_EQ(f.tensor("model.diffusion_model.out.2.weight").scalar_type(), torch::kHalf);
-  EXPECT_EQ(f.tensor("cond_stage_model.transformer.text_model.embeddings.position_ids").scalar_type(), torch::kLong);
-  ASSERT_EQ(run_kiln("convert " + half.string() + " " + folder.string() + " --layout diffusers --dtype fp16 " +
-                     config_arg()).exit_code, 0);
-  ASSERT_EQ(run_kiln("convert " + folder.string() + " " + back.string() + " --layout ldm --dtype fp16").exit_code, 0);
+  EXPECT_EQ(f.tensor("cond_stage_model.transformer.text_model.embeddings.position_ids").scalar_type(),
+            torch::kLong);
+  ASSERT_EQ(run_kiln("convert " + half.string() + " " + folder.string() +
+                     " --layout diffusers --dtype fp16 " + config_arg())
+                .exit_code,
+            0);
+  ASSERT_EQ(
+      run_kiln("convert " + folder.string() + " " + back.string() + " --layout ldm --dtype fp16").exit_code,
+      0);
   std::string why;
   EXPECT_TRUE(same_tensors(half, back, &why)) << why;
 }
@@ -164,9 +172,9 @@ TEST_F(CliTest, TruncatedFileFailsAndWritesNothing) {
 
 TEST_F(CliTest, OtherArchitecturesAreNamed) {
   const auto sdxl = dir_ / "sdxl.safetensors";
-  kiln::save_safetensors(sdxl, {{"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-                                 torch::ones({768})},
-                                {"model.diffusion_model.label_emb.0.0.weight", torch::ones({4, 4})}});
+  kiln::save_safetensors(
+      sdxl, {{"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", torch::ones({768})},
+             {"model.diffusion_model.label_emb.0.0.weight", torch::ones({4, 4})}});
   auto r = run_kiln("inspect " + sdxl.string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find(sdxl.string()), std::string::npos) << r.output;
@@ -176,7 +184,8 @@ TEST_F(CliTest, OtherArchitecturesAreNamed) {
 TEST_F(CliTest, ExistingOutputIsKeptWhenConversionFails) {
   const auto out = dir_ / "keep.safetensors";
   { std::ofstream(out) << "precious"; }
-  auto r = run_kiln("convert " + (dir_ / "missing.safetensors").string() + " " + out.string() + " --layout ldm");
+  auto r =
+      run_kiln("convert " + (dir_ / "missing.safetensors").string() + " " + out.string() + " --layout ldm");
   EXPECT_NE(r.exit_code, 0);
   std::ifstream in(out);
   std::string content;

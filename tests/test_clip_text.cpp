@@ -24,7 +24,8 @@ TEST(CLIPText, MatchesTransformers) {
   EXPECT_TRUE(all_close(out.last_hidden_state, expected, test::kSingleForward, "last_hidden_state"));
   std::cout << "[ reached ] text encoder last_hidden_state: max abs "
             << test::max_abs_error(out.last_hidden_state, expected) << "\n";
-  EXPECT_TRUE(all_close(out.pooler_output, golden.tensor("pooler_output"), test::kSingleForward, "pooler_output"));
+  EXPECT_TRUE(
+      all_close(out.pooler_output, golden.tensor("pooler_output"), test::kSingleForward, "pooler_output"));
   ASSERT_EQ(out.hidden_states.size(), 4u);
   for (size_t i = 0; i < out.hidden_states.size(); ++i) {
     const auto name = "hidden_states." + std::to_string(i);
@@ -40,9 +41,11 @@ TEST(CLIPText, ClipSkipTwoIsPenultimateLayerThroughFinalNorm) {
   auto skip2 = models.text_encoder->encode(ids, 2);
   const auto expected = golden.tensor("penultimate_hidden_state_final_ln");
   EXPECT_TRUE(all_close(skip2, expected, test::kSingleForward, "clip skip 2"));
-  std::cout << "[ reached ] text encoder clip skip 2: max abs " << test::max_abs_error(skip2, expected) << "\n";
-  EXPECT_TRUE(all_close(models.text_encoder->encode(ids, 1), models.text_encoder->forward(ids).last_hidden_state,
-                        test::kExact, "clip skip 1 = last_hidden_state"));
+  std::cout << "[ reached ] text encoder clip skip 2: max abs " << test::max_abs_error(skip2, expected)
+            << "\n";
+  EXPECT_TRUE(all_close(models.text_encoder->encode(ids, 1),
+                        models.text_encoder->forward(ids).last_hidden_state, test::kExact,
+                        "clip skip 1 = last_hidden_state"));
   EXPECT_THROW(models.text_encoder->encode(ids, 4), c10::Error);
 }
 

@@ -61,7 +61,8 @@ TEST(Configs, PerBlockHeadCountsAndNumAttentionHeadsWin) {
 TEST(Configs, RejectsWhatKilnCannotRun) {
   auto sd2 = to_json(sd15_configs().unet);
   sd2["use_linear_projection"] = true;
-  EXPECT_NE(error_of([&] { unet_config_from_json(sd2, "sd2/unet/config.json"); }).find("SD 2.x"), std::string::npos);
+  EXPECT_NE(error_of([&] { unet_config_from_json(sd2, "sd2/unet/config.json"); }).find("SD 2.x"),
+            std::string::npos);
   auto sdxl = to_json(sd15_configs().unet);
   sdxl["addition_embed_type"] = "text_time";
   EXPECT_NE(error_of([&] { unet_config_from_json(sdxl, "xl.json"); }).find("SDXL"), std::string::npos);
@@ -70,7 +71,8 @@ TEST(Configs, RejectsWhatKilnCannotRun) {
   EXPECT_NE(error_of([&] { unet_config_from_json(odd_block, "odd.json"); }).find("AttnDownBlock2D"),
             std::string::npos);
   nlohmann::json bad_type = {{"hidden_size", "wide"}};
-  EXPECT_NE(error_of([&] { clip_text_config_from_json(bad_type, "te.json"); }).find("te.json"), std::string::npos);
+  EXPECT_NE(error_of([&] { clip_text_config_from_json(bad_type, "te.json"); }).find("te.json"),
+            std::string::npos);
 }
 
 TEST(Configs, BadFilesNameThemselves) {
@@ -87,7 +89,6 @@ TEST(Configs, BadFilesNameThemselves) {
   EXPECT_NE(message.find("does not exist"), std::string::npos) << message;
   fs::remove_all(dir);
 }
-
 
 TEST(Configs, EqualityAndEveryComponentFile) {
   EXPECT_EQ(read_model_configs(kTinyConfigs), tiny_configs());
@@ -159,7 +160,8 @@ TEST(Configs, RejectsInconsistentSizes) {
   EXPECT_NE(error_of([&] { unet_config_from_json(heads, "h.json"); }).find("head count"), std::string::npos);
   auto groups = to_json(tiny_configs().unet);
   groups["block_out_channels"] = {32, 48, 64, 64};  // 48 is not a multiple of 32 groups
-  EXPECT_NE(error_of([&] { unet_config_from_json(groups, "g.json"); }).find("norm_num_groups"), std::string::npos);
+  EXPECT_NE(error_of([&] { unet_config_from_json(groups, "g.json"); }).find("norm_num_groups"),
+            std::string::npos);
   auto lengths = to_json(sd15_configs().unet);
   lengths["block_out_channels"] = {320, 640, 1280};
   EXPECT_NE(error_of([&] { unet_config_from_json(lengths, "l.json"); }).find("disagree"), std::string::npos);
@@ -169,26 +171,31 @@ TEST(Configs, RejectsInconsistentSizes) {
 
   auto no_heads = to_json(sd15_configs().text_encoder);
   no_heads["num_attention_heads"] = 0;
-  EXPECT_NE(error_of([&] { clip_text_config_from_json(no_heads, "t.json"); }).find("positive"), std::string::npos);
+  EXPECT_NE(error_of([&] { clip_text_config_from_json(no_heads, "t.json"); }).find("positive"),
+            std::string::npos);
   auto uneven = to_json(sd15_configs().text_encoder);
   uneven["num_attention_heads"] = 7;
-  EXPECT_NE(error_of([&] { clip_text_config_from_json(uneven, "t.json"); }).find("multiple"), std::string::npos);
+  EXPECT_NE(error_of([&] { clip_text_config_from_json(uneven, "t.json"); }).find("multiple"),
+            std::string::npos);
   auto act = to_json(sd15_configs().text_encoder);
   act["hidden_act"] = "relu";
   EXPECT_NE(error_of([&] { clip_text_config_from_json(act, "t.json"); }).find("relu"), std::string::npos);
 
   auto block = to_json(sd15_configs().vae);
   block["down_block_types"][1] = "AttnDownEncoderBlock2D";
-  EXPECT_NE(error_of([&] { vae_config_from_json(block, "v.json"); }).find("AttnDownEncoderBlock2D"), std::string::npos);
+  EXPECT_NE(error_of([&] { vae_config_from_json(block, "v.json"); }).find("AttnDownEncoderBlock2D"),
+            std::string::npos);
   auto quant = to_json(sd15_configs().vae);
   quant["use_quant_conv"] = false;
-  EXPECT_NE(error_of([&] { vae_config_from_json(quant, "v.json"); }).find("use_quant_conv"), std::string::npos);
+  EXPECT_NE(error_of([&] { vae_config_from_json(quant, "v.json"); }).find("use_quant_conv"),
+            std::string::npos);
   auto shift = to_json(sd15_configs().vae);
   shift["shift_factor"] = 0.0609;
   EXPECT_NE(error_of([&] { vae_config_from_json(shift, "v.json"); }).find("shift_factor"), std::string::npos);
   auto vae_groups = to_json(sd15_configs().vae);
   vae_groups["norm_num_groups"] = 48;
-  EXPECT_NE(error_of([&] { vae_config_from_json(vae_groups, "v.json"); }).find("norm_num_groups"), std::string::npos);
+  EXPECT_NE(error_of([&] { vae_config_from_json(vae_groups, "v.json"); }).find("norm_num_groups"),
+            std::string::npos);
 }
 
 TEST(Configs, FolderWithoutConfigsIsNamed) {
@@ -198,7 +205,8 @@ TEST(Configs, FolderWithoutConfigsIsNamed) {
   EXPECT_NE(message.find(dir.string()), std::string::npos) << message;
   EXPECT_NE(message.find("no unet/, text_encoder/ or vae/ config.json"), std::string::npos) << message;
   { std::ofstream(dir / "array.json") << "[1, 2]"; }
-  EXPECT_NE(error_of([&] { read_model_configs(dir / "array.json"); }).find("not a JSON object"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_model_configs(dir / "array.json"); }).find("not a JSON object"),
+            std::string::npos);
   fs::remove_all(dir);
 }
 

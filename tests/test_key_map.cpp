@@ -72,7 +72,8 @@ TEST(KeyMap, FullSd15ManifestMapsBothWays) {
   for (const auto& e : manifest.at("tensors")) {
     const Component c = component_of_file(e.at("file").get<std::string>());
     const auto ldm = e.at("ldm_name").get<std::string>();
-    expect_pair(c, ldm, shape_of(e.at("ldm_shape")), e.at("name").get<std::string>(), shape_of(e.at("shape")));
+    expect_pair(c, ldm, shape_of(e.at("ldm_shape")), e.at("name").get<std::string>(),
+                shape_of(e.at("shape")));
     ldm_names.insert(ldm);
   }
   EXPECT_EQ(ldm_names.size(), 1130u);
@@ -87,7 +88,8 @@ TEST(KeyMap, FullSd15ManifestMapsBothWays) {
 TEST(KeyMap, ComponentsAndPrefixes) {
   EXPECT_EQ(ldm_component("model.diffusion_model.out.2.bias"), Component::UNet);
   EXPECT_EQ(ldm_component("first_stage_model.quant_conv.weight"), Component::VAE);
-  EXPECT_EQ(ldm_component("cond_stage_model.transformer.text_model.final_layer_norm.weight"), Component::TextEncoder);
+  EXPECT_EQ(ldm_component("cond_stage_model.transformer.text_model.final_layer_norm.weight"),
+            Component::TextEncoder);
   EXPECT_EQ(ldm_component("alphas_cumprod"), std::nullopt);
   EXPECT_EQ(ldm_component("model_ema.diffusion_modelinput_blocks00weight"), std::nullopt);
   EXPECT_EQ(ldm_component("cond_stage_model.model.token_embedding.weight"), std::nullopt);  // SD 2.x OpenCLIP
@@ -114,7 +116,8 @@ TEST(KeyMap, OlderDiffusersVaeAttentionNames) {
       {"encoder.mid_block.attentions.0.key.bias", "encoder.mid_block.attentions.0.to_k.bias"},
       {"decoder.mid_block.attentions.0.value.weight", "decoder.mid_block.attentions.0.to_v.weight"},
       {"decoder.mid_block.attentions.0.proj_attn.weight", "decoder.mid_block.attentions.0.to_out.0.weight"},
-      {"decoder.mid_block.attentions.0.group_norm.weight", "decoder.mid_block.attentions.0.group_norm.weight"},
+      {"decoder.mid_block.attentions.0.group_norm.weight",
+       "decoder.mid_block.attentions.0.group_norm.weight"},
   };
   for (const auto& [old_name, current] : cases) {
     EXPECT_EQ(modern_diffusers_key(c, old_name), current);
@@ -142,8 +145,9 @@ TEST(KeyMap, AttentionReshapeKeepsValues) {
   const auto odd = torch::ones({3, 4, 3, 3});
   EXPECT_EQ(ldm_tensor_to_diffusers(c, key, odd).sizes(), odd.sizes());
   const auto unet_proj = torch::ones({3, 3, 1, 1});
-  EXPECT_EQ(ldm_tensor_to_diffusers(Component::UNet, "mid_block.attentions.0.proj_in.weight", unet_proj).sizes(),
-            unet_proj.sizes());
+  EXPECT_EQ(
+      ldm_tensor_to_diffusers(Component::UNet, "mid_block.attentions.0.proj_in.weight", unet_proj).sizes(),
+      unet_proj.sizes());
 }
 
 TEST(KeyMap, RejectsKeysOutsideSd1Structure) {
@@ -156,7 +160,8 @@ TEST(KeyMap, RejectsKeysOutsideSd1Structure) {
       {Component::UNet, "model.diffusion_model.input_blocks.1.2.proj_in.weight"},
       {Component::UNet, "model.diffusion_model.input_blocks.1.1.unknown.weight"},
       {Component::UNet, "model.diffusion_model.middle_block.3.in_layers.0.weight"},
-      {Component::UNet, "model.diffusion_model.output_blocks.2.2.conv.weight"},  // level 0 upsampler is layer 1
+      {Component::UNet,
+       "model.diffusion_model.output_blocks.2.2.conv.weight"},  // level 0 upsampler is layer 1
       {Component::UNet, "model.diffusion_model.output_blocks.0.1.proj_in.weight"},
       {Component::UNet, "model.diffusion_model.output_blocks.11.2.conv.weight"},
       {Component::UNet, "model.diffusion_model.output_blocks.12.0.in_layers.0.weight"},

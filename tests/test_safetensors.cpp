@@ -23,7 +23,8 @@ class TempDir {
  public:
   TempDir() {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string("kiln_st_") + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" + info->name();
+    std::string name = std::string("kiln_st_") + std::to_string(::getpid()) + "_" + info->test_suite_name() +
+                       "_" + info->name();
     for (char& c : name)
       if (c == '/') c = '_';
     path_ = fs::temp_directory_path() / name;
@@ -94,9 +95,10 @@ TEST(SafeTensors, SpecTestVectorIsReproducedByteExactly) {
   kiln::SafeTensorsWriteOptions opts;
   opts.metadata = {{"format", "pt"}};
   kiln::save_safetensors(p, {{"a", torch::tensor({1.0f, 2.0f})}}, opts);
-  const std::string expected = "5800000000000000" +
-                               to_hex(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}   )") +
-                               "0000803f00000040";
+  const std::string expected =
+      "5800000000000000" +
+      to_hex(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}   )") +
+      "0000803f00000040";
   EXPECT_EQ(to_hex(read_all(p)), expected);
   EXPECT_EQ(fs::file_size(p), 104u);
 
@@ -120,12 +122,12 @@ TEST(SafeTensors, RoundTripsEveryDtypeIncludingScalarsAndEmptyTensors) {
   in["i8"] = torch::randint(-128, 127, {9}, torch::kInt8);
   in["u8"] = torch::randint(0, 255, {4, 1}, torch::kUInt8);
   in["bool"] = torch::randint(0, 2, {5}).to(torch::kBool);
-  in["scalar_f32"] = torch::tensor(3.5f);                   // shape [], one element
+  in["scalar_f32"] = torch::tensor(3.5f);  // shape [], one element
   in["scalar_i64"] = torch::tensor(int64_t{-7});
-  in["empty_f32"] = torch::empty({0, 4});                   // zero elements, begin == end
+  in["empty_f32"] = torch::empty({0, 4});  // zero elements, begin == end
   in["empty_u8"] = torch::empty({0}, torch::kUInt8);
   in["strided"] = torch::arange(24, torch::kFloat32).view({4, 6}).t();  // non-contiguous input
-  in["expanded"] = torch::tensor({1.5f}).expand({3});                    // stride 0
+  in["expanded"] = torch::tensor({1.5f}).expand({3});                   // stride 0
   in["with_grad"] = torch::randn({2}, torch::requires_grad());
   const fs::path p = dir / "all.safetensors";
   kiln::save_safetensors(p, in, {});
@@ -157,8 +159,10 @@ TEST(SafeTensors, NamesAndMetadataNeedingJSONEscapesRoundTrip) {
   const fs::path p = dir / "names.safetensors";
   kiln::SafeTensorsWriteOptions opts;
   // kohya stores nested JSON as strings; A1111 decodes values starting with '{'.
-  opts.metadata = {{"ss_tag_frequency", R"({"img": {"a \"cat\"": 3}})"}, {"\u00fcber", "\u2713 \n tab\t"}, {"empty", ""}};
-  const kiln::StateDict in = {{"quote\"back\\slash", torch::ones({1})}, {"\u6f22/\u00e4", torch::zeros({2})}, {"", torch::ones({3})}};
+  opts.metadata = {
+      {"ss_tag_frequency", R"({"img": {"a \"cat\"": 3}})"}, {"\u00fcber", "\u2713 \n tab\t"}, {"empty", ""}};
+  const kiln::StateDict in = {
+      {"quote\"back\\slash", torch::ones({1})}, {"\u6f22/\u00e4", torch::zeros({2})}, {"", torch::ones({3})}};
   kiln::save_safetensors(p, in, opts);
   auto f = SafeTensorsFile::open(p);
   EXPECT_EQ(f.metadata(), opts.metadata);
@@ -191,7 +195,8 @@ TEST(SafeTensors, WriterRejectsWhatTheFormatCannotHold) {
     kiln::save_safetensors(p, {{"c", torch::zeros({2}, torch::kComplexFloat)}});
     FAIL() << "complex tensor was written";
   } catch (const kiln::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(p.string() + ": tensor 'c' has dtype"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(p.string() + ": tensor 'c' has dtype"), std::string::npos)
+        << e.what();
   }
   EXPECT_THROW(kiln::save_safetensors(p, {{"__metadata__", torch::zeros({1})}}), kiln::Error);
   kiln::SafeTensorsWriteOptions opts;
@@ -281,7 +286,11 @@ TEST(SafeTensors, MisalignedDataIsCopiedNotViewed) {
 TEST(SafeTensors, DtypesThisTorchLacksGiveAClearError) {
   TempDir dir;
   const fs::path p = dir / "u16.safetensors";
-  write_all(p, file_bytes(R"({"w":{"dtype":"U16","shape":[2],"data_offsets":[0,4]},"e":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[4,8]}})", 8));
+  write_all(
+      p,
+      file_bytes(
+          R"({"w":{"dtype":"U16","shape":[2],"data_offsets":[0,4]},"e":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[4,8]}})",
+          8));
   auto f = SafeTensorsFile::open(p);  // the header itself is valid
   EXPECT_EQ(f.find("w")->dtype, kiln::SafeTensorsDType::U16);
   for (const char* name : {"w", "e"}) {
@@ -289,7 +298,9 @@ TEST(SafeTensors, DtypesThisTorchLacksGiveAClearError) {
       f.tensor(name);
       ADD_FAILURE() << "tensor " << name << " was returned";
     } catch (const kiln::Error& e) {
-      EXPECT_NE(std::string(e.what()).find(p.string() + ": tensor '" + name + "' has dtype"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(p.string() + ": tensor '" + name + "' has dtype"),
+                std::string::npos)
+          << e.what();
       EXPECT_NE(std::string(e.what()).find("not supported by this torch"), std::string::npos) << e.what();
     }
   }
@@ -309,45 +320,84 @@ std::vector<BadFile> bad_files() {
   const std::string a = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
   return {
       {"too_short", "\x05\x00\x00", "too short for the 8-byte header length"},
-      {"n_too_big", u64le(100'000'001) + "{}", "header length 100000001 exceeds the limit of 100000000 bytes"},
-      {"n_past_eof", u64le(1000) + "{}", "truncated: header length is 1000 bytes but the file has only 10 bytes"},
+      {"n_too_big", u64le(100'000'001) + "{}",
+       "header length 100000001 exceeds the limit of 100000000 bytes"},
+      {"n_past_eof", u64le(1000) + "{}",
+       "truncated: header length is 1000 bytes but the file has only 10 bytes"},
       {"empty_header", u64le(0), "header is empty"},
       {"bad_json", file_bytes(R"({"a":{"dtype":"F32",)", 0), "header is not valid JSON"},
       {"not_object", file_bytes("[1,2]", 0), "header is not a JSON object"},
       {"leading_space", file_bytes(" {}", 0), "must start with '{'"},
       {"bad_utf8", file_bytes("{\"\xff\":1}", 0), "header is not valid JSON"},
       {"junk_after_json", file_bytes("{} x", 0), "header is not valid JSON"},
-      {"tensor_not_object", file_bytes(R"({"a":5})", 0), "tensor 'a' must be an object with dtype, shape and data_offsets"},
-      {"unknown_dtype", file_bytes(R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8), "tensor 'a': unknown or unsupported dtype 'C64'"},
-      {"dtype_not_string", file_bytes(R"({"a":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", 4), "tensor 'a': dtype must be a string"},
-      {"missing_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", 4), "tensor 'a': missing \"data_offsets\""},
-      {"extra_field", file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"foo":1}})", 4), "tensor 'a': unexpected field 'foo'"},
-      {"duplicate_field", file_bytes(R"({"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4), "tensor 'a': duplicate field 'dtype'"},
-      {"shape_mismatch", file_bytes(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "tensor 'a': data_offsets [0, 8] span 8 bytes but dtype F32 with 3 elements needs 12"},
-      {"negative_dim", file_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4), "tensor 'a': shape holds a negative value -1"},
-      {"float_dim", file_bytes(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8), "tensor 'a': shape must hold non-negative integers"},
-      {"nested_shape", file_bytes(R"({"a":{"dtype":"F32","shape":[[2]],"data_offsets":[0,8]}})", 8), "tensor 'a': shape must hold non-negative integers (found an array)"},
-      {"huge_dim", file_bytes(R"({"a":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,8]}})", 8), "tensor 'a': shape dimension 9223372036854775808 is too large"},
-      {"overflowing_shape", file_bytes(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8), "tensor 'a': shape element count overflows 64 bits"},
-      {"overflowing_bytes", file_bytes(R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]}})", 8), "tensor 'a': shape byte size overflows 64 bits"},
-      {"three_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,16]}})", 8), "tensor 'a': data_offsets must be [begin, end] (found 3 values)"},
-      {"begin_after_end", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "tensor 'a': data_offsets [8, 0] has begin > end"},
-      {"overlap", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12),
+      {"tensor_not_object", file_bytes(R"({"a":5})", 0),
+       "tensor 'a' must be an object with dtype, shape and data_offsets"},
+      {"unknown_dtype", file_bytes(R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': unknown or unsupported dtype 'C64'"},
+      {"dtype_not_string", file_bytes(R"({"a":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", 4),
+       "tensor 'a': dtype must be a string"},
+      {"missing_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", 4),
+       "tensor 'a': missing \"data_offsets\""},
+      {"extra_field", file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"foo":1}})", 4),
+       "tensor 'a': unexpected field 'foo'"},
+      {"duplicate_field",
+       file_bytes(R"({"a":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4),
+       "tensor 'a': duplicate field 'dtype'"},
+      {"shape_mismatch", file_bytes(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': data_offsets [0, 8] span 8 bytes but dtype F32 with 3 elements needs 12"},
+      {"negative_dim", file_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
+       "tensor 'a': shape holds a negative value -1"},
+      {"float_dim", file_bytes(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': shape must hold non-negative integers"},
+      {"nested_shape", file_bytes(R"({"a":{"dtype":"F32","shape":[[2]],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': shape must hold non-negative integers (found an array)"},
+      {"huge_dim",
+       file_bytes(R"({"a":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': shape dimension 9223372036854775808 is too large"},
+      {"overflowing_shape",
+       file_bytes(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': shape element count overflows 64 bits"},
+      {"overflowing_bytes",
+       file_bytes(R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]}})", 8),
+       "tensor 'a': shape byte size overflows 64 bits"},
+      {"three_offsets", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8,16]}})", 8),
+       "tensor 'a': data_offsets must be [begin, end] (found 3 values)"},
+      {"begin_after_end", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8),
+       "tensor 'a': data_offsets [8, 0] has begin > end"},
+      {"overlap",
+       file_bytes(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+           12),
        "tensor 'b' data_offsets [4, 12] overlap tensor 'a' [0, 8]"},
-      {"hole", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})", 20),
+      {"hole",
+       file_bytes(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+           20),
        "hole in the data section: bytes [8, 12) belong to no tensor"},
-      {"hole_at_start", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "hole in the data section: bytes [0, 4)"},
-      {"out_of_range", file_bytes(R"({"a":{"dtype":"U8","shape":[9223372036854775807],"data_offsets":[0,9223372036854775807]},)"
-                                  R"("b":{"dtype":"U8","shape":[9223372036854775807],"data_offsets":[9223372036854775807,18446744073709551614]}})", 0),
+      {"hole_at_start", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12),
+       "hole in the data section: bytes [0, 4)"},
+      {"out_of_range",
+       file_bytes(
+           R"({"a":{"dtype":"U8","shape":[9223372036854775807],"data_offsets":[0,9223372036854775807]},)"
+           R"("b":{"dtype":"U8","shape":[9223372036854775807],"data_offsets":[9223372036854775807,18446744073709551614]}})",
+           0),
        "tensor 'b' data_offsets [9223372036854775807, 18446744073709551614] are out of range"},
-      {"offset_too_big_for_u64", file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", 8), "tensor 'a': data_offsets must hold non-negative integers"},
-      {"truncated_data", file_bytes("{" + a + "}", 4), "truncated: header says data ends at byte 70 but file has 66 bytes"},
-      {"trailing_bytes", file_bytes("{" + a + "}", 12), "trailing bytes: header says data ends at byte 70 but file has 74 bytes (4 extra)"},
+      {"offset_too_big_for_u64",
+       file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", 8),
+       "tensor 'a': data_offsets must hold non-negative integers"},
+      {"truncated_data", file_bytes("{" + a + "}", 4),
+       "truncated: header says data ends at byte 70 but file has 66 bytes"},
+      {"trailing_bytes", file_bytes("{" + a + "}", 12),
+       "trailing bytes: header says data ends at byte 70 but file has 74 bytes (4 extra)"},
       {"duplicate_tensor", file_bytes("{" + a + "," + a + "}", 8), "duplicate key 'a' in header"},
-      {"metadata_not_string", file_bytes(R"({"__metadata__":{"x":1}})", 0), "__metadata__ value for key 'x' must be a string (found a number)"},
-      {"metadata_nested", file_bytes(R"({"__metadata__":{"x":{"y":"z"}}})", 0), "__metadata__ value for key 'x' must be a string (found an object)"},
-      {"metadata_not_object", file_bytes(R"({"__metadata__":"pt"})", 0), "__metadata__ must be an object of strings"},
-      {"metadata_duplicate", file_bytes(R"({"__metadata__":{"x":"1","x":"2"}})", 0), "duplicate key 'x' in __metadata__"},
+      {"metadata_not_string", file_bytes(R"({"__metadata__":{"x":1}})", 0),
+       "__metadata__ value for key 'x' must be a string (found a number)"},
+      {"metadata_nested", file_bytes(R"({"__metadata__":{"x":{"y":"z"}}})", 0),
+       "__metadata__ value for key 'x' must be a string (found an object)"},
+      {"metadata_not_object", file_bytes(R"({"__metadata__":"pt"})", 0),
+       "__metadata__ must be an object of strings"},
+      {"metadata_duplicate", file_bytes(R"({"__metadata__":{"x":"1","x":"2"}})", 0),
+       "duplicate key 'x' in __metadata__"},
   };
 }
 
@@ -360,11 +410,14 @@ TEST_P(MalformedFile, IsRejectedWithAMessageNamingFileAndProblem) {
   const std::string message = error_of(p);
   EXPECT_EQ(message.rfind(p.string() + ": ", 0), 0u) << message;
   EXPECT_NE(message.find(GetParam().expected), std::string::npos) << message;
-  for (unsigned char c : message) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "unprintable byte " << int(c) << " in: " << message;
+  for (unsigned char c : message)
+    EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "unprintable byte " << int(c) << " in: " << message;
 }
 
 INSTANTIATE_TEST_SUITE_P(SafeTensors, MalformedFile, ::testing::ValuesIn(bad_files()),
-                         [](const ::testing::TestParamInfo<BadFile>& info) { return std::string(info.param.label); });
+                         [](const ::testing::TestParamInfo<BadFile>& info) {
+                           return std::string(info.param.label);
+                         });
 
 TEST(SafeTensors, EdgeCasesTheFormatAllows) {
   TempDir dir;
@@ -372,7 +425,11 @@ TEST(SafeTensors, EdgeCasesTheFormatAllows) {
   // No tensors at all; an empty tensor sharing its offset with the next one; padding with spaces.
   write_all(p, file_bytes("{}", 0));
   EXPECT_TRUE(SafeTensorsFile::open(p).entries().empty());
-  write_all(p, file_bytes(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}      )", 1));
+  write_all(
+      p,
+      file_bytes(
+          R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}      )",
+          1));
   auto f = SafeTensorsFile::open(p);
   EXPECT_EQ(f.tensor("e").sizes(), (std::vector<int64_t>{0, 3}));
   EXPECT_EQ(f.tensor("a").dim(), 0);
@@ -396,7 +453,9 @@ TEST(AtomicFile, FailedWriteLeavesTargetIntactAndNoTemporaries) {
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"model.safetensors"}));
 
   // A save that fails part-way (unsupported dtype after a good tensor) also leaves the old file.
-  EXPECT_THROW(kiln::save_safetensors(p, {{"a", torch::ones({2})}, {"b", torch::ones({2}, torch::kComplexDouble)}}), kiln::Error);
+  EXPECT_THROW(
+      kiln::save_safetensors(p, {{"a", torch::ones({2})}, {"b", torch::ones({2}, torch::kComplexDouble)}}),
+      kiln::Error);
   EXPECT_EQ(read_all(p), "previous contents");
 
   kiln::save_safetensors(p, {{"a", torch::ones({2})}});
@@ -447,7 +506,8 @@ TEST(AtomicFile, DirectoryIsReplacedWholeOrNotAtAll) {
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"model"}));
 
   // A successful build replaces the old tree completely (stale files do not survive).
-  kiln::write_directory_atomically(target, [](const fs::path& tmp) { write_all(tmp / "model_index.json", "v2"); });
+  kiln::write_directory_atomically(target,
+                                   [](const fs::path& tmp) { write_all(tmp / "model_index.json", "v2"); });
   EXPECT_EQ(read_all(target / "model_index.json"), "v2");
   EXPECT_FALSE(fs::exists(target / "unet"));
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"model"}));

@@ -1,8 +1,8 @@
 // A full-size SD 1.5 model built by kiln has exactly the tensor names and shapes of the reference
 // manifests, in the LDM single-file layout and in the diffusers folder layout.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 
@@ -42,7 +42,7 @@ TEST(SD15Manifest, BothLayoutsHaveExactlyTheReferenceKeysAndShapes) {
   size_t listed = 0;
   for (const auto& t : diffusers_manifest["tensors"]) {
     const std::string file = t["file"], name = t["name"];
-    const auto c = file.rfind("unet/", 0) == 0 ? Component::UNet
+    const auto c = file.rfind("unet/", 0) == 0  ? Component::UNet
                    : file.rfind("vae/", 0) == 0 ? Component::VAE
                                                 : Component::TextEncoder;
     EXPECT_EQ(diffusers_weights_file(c).string(), file);

@@ -56,7 +56,8 @@ TEST_F(Sha256Files, WholeFileAcrossSeveralReadBuffers) {
   EXPECT_EQ(kiln::sha256_file(p), "c70fac27a3b7ad58d9219e630507144d24b28b1ebb27f918e32c9dd3402efdc8");
   EXPECT_EQ(kiln::sha256_file(p), kiln::sha256_bytes(generated(0x100000 + 0x10000 + 12345)));
   EXPECT_EQ(kiln::sha256_file(write("empty.bin", "")), kiln::sha256_bytes(""));
-  EXPECT_EQ(kiln::sha256_file(write("exact.bin", std::string(1 << 20, 'x'))), kiln::sha256_bytes(std::string(1 << 20, 'x')));
+  EXPECT_EQ(kiln::sha256_file(write("exact.bin", std::string(1 << 20, 'x'))),
+            kiln::sha256_bytes(std::string(1 << 20, 'x')));
 }
 
 TEST_F(Sha256Files, A1111LegacyHash) {

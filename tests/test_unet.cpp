@@ -1,8 +1,8 @@
 // UNet golden test: kiln's UNet2DConditionModel against diffusers 0.30.3 on the tiny model, output
 // and every block's activation, plus the exact parameter names and shapes of the checkpoint.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <fstream>
@@ -20,9 +20,9 @@ using test::all_close;
 UNet2DConditionModel load_tiny_unet() { return test::load_tiny_models().unet; }
 
 void report(const std::string& name, const torch::Tensor& actual, const torch::Tensor& expected) {
-  std::cout << "[ reached ] unet " << name << ": max abs " << test::max_abs_error(actual, expected) << ", max rel "
-            << test::max_relative_error(actual, expected) << " (|ref| max " << expected.abs().max().item<double>()
-            << ")\n";
+  std::cout << "[ reached ] unet " << name << ": max abs " << test::max_abs_error(actual, expected)
+            << ", max rel " << test::max_relative_error(actual, expected) << " (|ref| max "
+            << expected.abs().max().item<double>() << ")\n";
 }
 
 TEST(UNet, MatchesDiffusersOutputAndIntermediates) {
@@ -30,8 +30,8 @@ TEST(UNet, MatchesDiffusersOutputAndIntermediates) {
   auto unet = load_tiny_unet();
   const auto golden = test::golden_file("unet.safetensors");
   Activations activations;
-  auto out = unet->forward(golden.tensor("sample"), golden.tensor("timestep"), golden.tensor("encoder_hidden_states"),
-                           &activations);
+  auto out = unet->forward(golden.tensor("sample"), golden.tensor("timestep"),
+                           golden.tensor("encoder_hidden_states"), &activations);
   const auto expected = golden.tensor("out");
   EXPECT_TRUE(all_close(out, expected, test::kSingleForward, "out"));
   report("out", out, expected);
@@ -86,7 +86,8 @@ TEST(UNet, OddLatentSizesRunAndKeepTheirShape) {
   auto out = unet->forward(torch::randn({1, 4, 12, 20}), torch::tensor({500}), torch::randn({1, 77, 32}));
   EXPECT_EQ(out.sizes(), (std::vector<int64_t>{1, 4, 12, 20}));
   Activations activations;
-  auto odd = unet->forward(torch::randn({1, 4, 9, 9}), torch::tensor({500}), torch::randn({1, 77, 32}), &activations);
+  auto odd = unet->forward(torch::randn({1, 4, 9, 9}), torch::tensor({500}), torch::randn({1, 77, 32}),
+                           &activations);
   EXPECT_EQ(odd.sizes(), (std::vector<int64_t>{1, 4, 9, 9}));
   // 9 -> 5 -> 3 -> 2 on the way down; each upsampler restores the size of the skip it meets next.
   EXPECT_EQ(activations.at("down_blocks.2").sizes(), (std::vector<int64_t>{1, 64, 2, 2}));
@@ -100,8 +101,10 @@ TEST(UNet, OddSizeUpsamplingIsNearestToTheSkipSize) {
   Upsample2D up(32);
   auto x = torch::randn({1, 32, 3, 2});
   // diffusers: F.interpolate(x, size=skip size, mode="nearest") then the 3x3 conv.
-  auto expected = up->conv(torch::nn::functional::interpolate(
-      x, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{5, 3}).mode(torch::kNearest)));
+  auto expected =
+      up->conv(torch::nn::functional::interpolate(x, torch::nn::functional::InterpolateFuncOptions()
+                                                         .size(std::vector<int64_t>{5, 3})
+                                                         .mode(torch::kNearest)));
   EXPECT_TRUE(torch::equal(up->forward(x, std::vector<int64_t>{5, 3}), expected));
   auto doubled = up->forward(x, c10::nullopt);
   EXPECT_EQ(doubled.sizes(), (std::vector<int64_t>{1, 32, 6, 4}));

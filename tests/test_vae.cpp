@@ -19,14 +19,17 @@ TEST(VAE, EncodeMatchesDiffusers) {
   const auto golden = test::golden_file("vae.safetensors");
   const auto image = golden.tensor("image");
   auto encoder_out = models.vae->encoder(image);
-  EXPECT_TRUE(all_close(encoder_out, golden.tensor("intermediate.encoder_out"), test::kSingleForward, "encoder_out"));
-  EXPECT_TRUE(all_close(models.vae->quant_conv(encoder_out), golden.tensor("intermediate.moments"), test::kSingleForward, "moments"));
+  EXPECT_TRUE(
+      all_close(encoder_out, golden.tensor("intermediate.encoder_out"), test::kSingleForward, "encoder_out"));
+  EXPECT_TRUE(all_close(models.vae->quant_conv(encoder_out), golden.tensor("intermediate.moments"),
+                        test::kSingleForward, "moments"));
   auto dist = models.vae->encode(image);
   EXPECT_TRUE(all_close(dist.mean, golden.tensor("latent_dist_mean"), test::kSingleForward, "mean"));
   EXPECT_TRUE(all_close(dist.logvar, golden.tensor("latent_dist_logvar"), test::kSingleForward, "logvar"));
   EXPECT_TRUE(all_close(dist.std, golden.tensor("latent_dist_std"), test::kSingleForward, "std"));
-  std::cout << "[ reached ] vae mean: max abs " << test::max_abs_error(dist.mean, golden.tensor("latent_dist_mean"))
-            << ", logvar: max abs " << test::max_abs_error(dist.logvar, golden.tensor("latent_dist_logvar")) << "\n";
+  std::cout << "[ reached ] vae mean: max abs "
+            << test::max_abs_error(dist.mean, golden.tensor("latent_dist_mean")) << ", logvar: max abs "
+            << test::max_abs_error(dist.logvar, golden.tensor("latent_dist_logvar")) << "\n";
 }
 
 TEST(VAE, DecodeMatchesDiffusers) {
@@ -34,8 +37,8 @@ TEST(VAE, DecodeMatchesDiffusers) {
   auto models = test::load_tiny_models();
   const auto golden = test::golden_file("vae.safetensors");
   const auto mean = golden.tensor("latent_dist_mean");
-  EXPECT_TRUE(all_close(models.vae->post_quant_conv(mean), golden.tensor("intermediate.post_quant_conv"), test::kSingleForward,
-                        "post_quant_conv"));
+  EXPECT_TRUE(all_close(models.vae->post_quant_conv(mean), golden.tensor("intermediate.post_quant_conv"),
+                        test::kSingleForward, "post_quant_conv"));
   auto decoded = models.vae->decode(mean);
   const auto expected = golden.tensor("decoded_from_mean");
   EXPECT_TRUE(all_close(decoded, expected, test::kDeepForward, "decoded_from_mean"));

@@ -1,4 +1,5 @@
-// Reading and writing SD 1.x checkpoints in the LDM single-file and the diffusers folder layouts (spec 6.1-6.4).
+// Reading and writing SD 1.x checkpoints in the LDM single-file and the diffusers folder layouts
+// (spec 6.1-6.4).
 #include "io/checkpoint.h"
 
 #include <torch/torch.h>
@@ -59,7 +60,9 @@ bool looks_pickled(const fs::path& path) {
 }
 
 [[noreturn]] void reject_pickle(const fs::path& path) {
-  throw_file_error(path, "pickled checkpoints (.ckpt) are not supported: unpickling can run arbitrary code; convert it to safetensors");
+  throw_file_error(path,
+                   "pickled checkpoints (.ckpt) are not supported: unpickling can run arbitrary code; "
+                   "convert it to safetensors");
 }
 
 bool any_key(const SafeTensorsFile& file, std::string_view prefix) {
@@ -68,7 +71,8 @@ bool any_key(const SafeTensorsFile& file, std::string_view prefix) {
   return false;
 }
 
-const TensorEntry* first_key_containing(const SafeTensorsFile& file, std::string_view prefix, std::string_view part) {
+const TensorEntry* first_key_containing(const SafeTensorsFile& file, std::string_view prefix,
+                                        std::string_view part) {
   for (const auto& e : file.entries())
     if (starts_with(e.name, prefix) && contains(e.name, part)) return &e;
   return nullptr;
@@ -77,14 +81,20 @@ const TensorEntry* first_key_containing(const SafeTensorsFile& file, std::string
 // SDXL and SD 2.x files share the LDM prefixes, so they are told apart by keys and shapes only they have.
 void reject_other_ldm_architectures(const SafeTensorsFile& file) {
   if (any_key(file, "conditioner.embedders."))
-    throw_file_error(file.path(), "looks like an SDXL checkpoint (conditioner.embedders.* keys); kiln supports SD 1.x only");
+    throw_file_error(
+        file.path(),
+        "looks like an SDXL checkpoint (conditioner.embedders.* keys); kiln supports SD 1.x only");
   if (any_key(file, "model.diffusion_model.label_emb."))
-    throw_file_error(file.path(), "looks like an SDXL checkpoint (label_emb keys); kiln supports SD 1.x only");
+    throw_file_error(file.path(),
+                     "looks like an SDXL checkpoint (label_emb keys); kiln supports SD 1.x only");
   if (any_key(file, "cond_stage_model.model."))
-    throw_file_error(file.path(), "looks like an SD 2.x checkpoint (OpenCLIP text encoder cond_stage_model.model.* "
-                                  "keys); kiln supports SD 1.x only");
-  if (const auto* e = first_key_containing(file, kLdmUNetPrefix, ".proj_in.weight"); e && e->shape.size() == 2)
-    throw_file_error(file.path(), "looks like an SD 2.x checkpoint (linear proj_in " + shape_string(e->shape) +
+    throw_file_error(file.path(),
+                     "looks like an SD 2.x checkpoint (OpenCLIP text encoder cond_stage_model.model.* "
+                     "keys); kiln supports SD 1.x only");
+  if (const auto* e = first_key_containing(file, kLdmUNetPrefix, ".proj_in.weight");
+      e && e->shape.size() == 2)
+    throw_file_error(file.path(), "looks like an SD 2.x checkpoint (linear proj_in " +
+                                      shape_string(e->shape) +
                                       ", use_linear_projection); kiln supports SD 1.x only");
   if (const auto* e = first_key_containing(file, kLdmUNetPrefix, ".attn2.to_k.weight");
       e && e->shape.size() == 2 && e->shape[1] == 1024)
@@ -96,43 +106,50 @@ void reject_other_ldm_architectures(const SafeTensorsFile& file) {
 void reject_other_diffusers_architectures(Component c, const SafeTensorsFile& file) {
   if (c == Component::UNet) {
     if (any_key(file, "add_embedding.") || first_key_containing(file, "", ".transformer_blocks.1."))
-      throw_file_error(file.path(), "looks like an SDXL UNet (add_embedding / several transformer blocks per "
-                                    "attention); kiln supports SD 1.x only");
+      throw_file_error(file.path(),
+                       "looks like an SDXL UNet (add_embedding / several transformer blocks per "
+                       "attention); kiln supports SD 1.x only");
     if (const auto* e = first_key_containing(file, "", ".proj_in.weight"); e && e->shape.size() == 2)
       throw_file_error(file.path(), "looks like an SD 2.x UNet (linear proj_in " + shape_string(e->shape) +
                                         "); kiln supports SD 1.x only");
     if (const auto* e = first_key_containing(file, "", ".attn2.to_k.weight");
         e && e->shape.size() == 2 && e->shape[1] == 1024)
-      throw_file_error(file.path(), "looks like an SD 2.x UNet (1024-wide text context); kiln supports SD 1.x only");
+      throw_file_error(file.path(),
+                       "looks like an SD 2.x UNet (1024-wide text context); kiln supports SD 1.x only");
   }
   if (c == Component::TextEncoder) {
     const auto* e = file.find("text_model.embeddings.token_embedding.weight");
     if (e && e->shape.size() == 2 && e->shape[1] == 1024)
-      throw_file_error(file.path(), "looks like an SD 2.x text encoder (OpenCLIP ViT-H, width 1024); kiln supports "
-                                    "SD 1.x only");
+      throw_file_error(file.path(),
+                       "looks like an SD 2.x text encoder (OpenCLIP ViT-H, width 1024); kiln supports "
+                       "SD 1.x only");
   }
 }
 
 // What a safetensors file without LDM prefixes is, for the error message.
 std::string describe_non_ldm_file(const SafeTensorsFile& file) {
-  const char* pass_folder = "; pass the whole diffusers model folder (with model_index.json, unet/, text_encoder/, "
-                            "vae/) or an LDM single-file checkpoint";
+  const char* pass_folder =
+      "; pass the whole diffusers model folder (with model_index.json, unet/, text_encoder/, "
+      "vae/) or an LDM single-file checkpoint";
   if (any_key(file, "lora_unet_") || any_key(file, "lora_te_"))
     return "this is a LoRA file, not a checkpoint";
   if (file.contains("conv_in.weight") || any_key(file, "down_blocks.") || any_key(file, "time_embedding."))
     return std::string("this is a diffusers UNet weights file alone") + pass_folder;
-  if (any_key(file, "text_model.")) return std::string("this is a text encoder weights file alone") + pass_folder;
+  if (any_key(file, "text_model."))
+    return std::string("this is a text encoder weights file alone") + pass_folder;
   if (any_key(file, "encoder.down_blocks.") || any_key(file, "decoder.up_blocks."))
     return std::string("this is a diffusers VAE weights file alone") + pass_folder;
   if (any_key(file, "encoder.down.") || any_key(file, "decoder.up."))
-    return "this is a standalone VAE file (LDM names without first_stage_model.); kiln reads full SD 1.x checkpoints";
+    return "this is a standalone VAE file (LDM names without first_stage_model.); kiln reads full SD 1.x "
+           "checkpoints";
   return "no SD 1.x tensors found (expected model.diffusion_model.*, cond_stage_model.transformer.*, "
          "first_stage_model.*)";
 }
 
 bool has_ldm_keys(const SafeTensorsFile& file) {
   for (const auto& e : file.entries())
-    if (ldm_component(e.name) || starts_with(e.name, "conditioner.") || starts_with(e.name, "cond_stage_model."))
+    if (ldm_component(e.name) || starts_with(e.name, "conditioner.") ||
+        starts_with(e.name, "cond_stage_model."))
       return true;
   return false;
 }
@@ -144,7 +161,8 @@ bool is_diffusers_folder(const fs::path& dir) {
 
 SafeTensorsFile open_ldm_file(const fs::path& path) {
   const auto ext = path.extension().string();
-  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin" || looks_pickled(path)) reject_pickle(path);
+  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin" || looks_pickled(path))
+    reject_pickle(path);
   auto file = SafeTensorsFile::open(path);
   if (!has_ldm_keys(file)) throw_file_error(path, describe_non_ldm_file(file));
   return file;
@@ -198,7 +216,8 @@ Checkpoint read_diffusers(const fs::path& dir) {
   if (fs::exists(dir / "model_index.json")) {
     const json index = read_json(dir / "model_index.json");
     const std::string cls = index.is_object() ? index.value("_class_name", "") : "";
-    if (contains(cls, "XL")) throw_file_error(dir / "model_index.json", "'" + cls + "' is SDXL; kiln supports SD 1.x only");
+    if (contains(cls, "XL"))
+      throw_file_error(dir / "model_index.json", "'" + cls + "' is SDXL; kiln supports SD 1.x only");
   }
   Checkpoint ckpt;
   ckpt.source = dir;
@@ -206,10 +225,13 @@ Checkpoint read_diffusers(const fs::path& dir) {
   for (auto c : kComponents) {
     const fs::path part = dir / component_name(c);
     fs::path weights = part / weights_name(c, false);
-    if (!fs::exists(weights) && fs::exists(part / weights_name(c, true))) weights = part / weights_name(c, true);
+    if (!fs::exists(weights) && fs::exists(part / weights_name(c, true)))
+      weights = part / weights_name(c, true);
     if (!fs::exists(weights)) {
       if (fs::exists(part / "diffusion_pytorch_model.bin") || fs::exists(part / "pytorch_model.bin"))
-        throw_file_error(part, "holds pickled .bin weights only; pickled weights are not supported: convert them to safetensors");
+        throw_file_error(part,
+                         "holds pickled .bin weights only; pickled weights are not supported: convert them "
+                         "to safetensors");
       continue;
     }
     const auto file = SafeTensorsFile::open(weights);
@@ -230,8 +252,9 @@ Checkpoint read_diffusers(const fs::path& dir) {
     }
   }
   if (!ckpt.has(Component::UNet) && !ckpt.has(Component::TextEncoder) && !ckpt.has(Component::VAE))
-    throw_file_error(dir, "diffusers folder without weights: none of unet/diffusion_pytorch_model.safetensors, "
-                          "text_encoder/model.safetensors, vae/diffusion_pytorch_model.safetensors exists");
+    throw_file_error(dir,
+                     "diffusers folder without weights: none of unet/diffusion_pytorch_model.safetensors, "
+                     "text_encoder/model.safetensors, vae/diffusion_pytorch_model.safetensors exists");
   return ckpt;
 }
 
@@ -250,9 +273,11 @@ int64_t count_indices(const StateDict& dict, const std::string& prefix) {
 int64_t dim_of(const StateDict& dict, const std::string& key, int64_t dim, const fs::path& source,
                int64_t rank = -1) {
   auto it = dict.find(key);
-  if (it == dict.end()) throw_file_error(source, "cannot infer the architecture: tensor '" + key + "' is missing");
+  if (it == dict.end())
+    throw_file_error(source, "cannot infer the architecture: tensor '" + key + "' is missing");
   if (it->second.dim() <= dim || (rank >= 0 && it->second.dim() != rank))
-    throw_file_error(source, "tensor '" + key + "' has an unexpected shape " + shape_string(it->second.sizes().vec()));
+    throw_file_error(
+        source, "tensor '" + key + "' has an unexpected shape " + shape_string(it->second.sizes().vec()));
   return it->second.size(dim);
 }
 
@@ -269,7 +294,8 @@ UNetConfig infer_unet(const StateDict& u, const fs::path& src) {
     const std::string b = "down_blocks." + std::to_string(i);
     cfg.block_out_channels.push_back(dim_of(u, b + ".resnets.0.conv1.weight", 0, src, 4));
     cfg.down_block_has_attention.push_back(u.count(b + ".attentions.0.proj_in.weight") > 0);
-    cfg.up_block_has_attention.push_back(u.count("up_blocks." + std::to_string(i) + ".attentions.0.proj_in.weight") > 0);
+    cfg.up_block_has_attention.push_back(
+        u.count("up_blocks." + std::to_string(i) + ".attentions.0.proj_in.weight") > 0);
   }
   cfg.num_attention_heads.assign(blocks, 8);  // SD 1.5's; only trusted for SD 1.5's widths
   for (const auto& [key, t] : u)
@@ -337,9 +363,12 @@ Widths widths(const VAEConfig& c) {
 
 Widths widths(const ModelConfigs& c, Component part) {
   switch (part) {
-    case Component::UNet: return widths(c.unet);
-    case Component::TextEncoder: return widths(c.text_encoder);
-    case Component::VAE: return widths(c.vae);
+    case Component::UNet:
+      return widths(c.unet);
+    case Component::TextEncoder:
+      return widths(c.text_encoder);
+    case Component::VAE:
+      return widths(c.vae);
   }
   return {};
 }
@@ -351,8 +380,10 @@ std::set<Component> configured_components(const fs::path& path) {
     const json j = read_json(file);
     if (!j.is_object()) return;
     const std::string cls = j.value("_class_name", "");
-    if (cls == "UNet2DConditionModel") found.insert(Component::UNet);
-    else if (cls == "AutoencoderKL") found.insert(Component::VAE);
+    if (cls == "UNet2DConditionModel")
+      found.insert(Component::UNet);
+    else if (cls == "AutoencoderKL")
+      found.insert(Component::VAE);
     else if (j.contains("architectures") || j.value("model_type", "") == "clip_text_model")
       found.insert(Component::TextEncoder);
   };
@@ -361,16 +392,20 @@ std::set<Component> configured_components(const fs::path& path) {
     return found;
   }
   for (auto c : kComponents)
-    if (fs::exists(path / component_name(c) / "config.json")) classify(path / component_name(c) / "config.json");
+    if (fs::exists(path / component_name(c) / "config.json"))
+      classify(path / component_name(c) / "config.json");
   if (fs::exists(path / "config.json")) classify(path / "config.json");
   return found;
 }
 
 bool same_heads(const ModelConfigs& a, const ModelConfigs& b, Component part) {
   switch (part) {
-    case Component::UNet: return a.unet.num_attention_heads == b.unet.num_attention_heads;
-    case Component::TextEncoder: return a.text_encoder.num_attention_heads == b.text_encoder.num_attention_heads;
-    case Component::VAE: return true;
+    case Component::UNet:
+      return a.unet.num_attention_heads == b.unet.num_attention_heads;
+    case Component::TextEncoder:
+      return a.text_encoder.num_attention_heads == b.text_encoder.num_attention_heads;
+    case Component::VAE:
+      return true;
   }
   return false;
 }
@@ -396,12 +431,18 @@ json model_index_json(const Checkpoint& ckpt) {
 
 // SD 1.5's shipped scheduler config (PNDM, scaled_linear 0.00085 -> 0.012, leading spacing, spec 4.1).
 json scheduler_json() {
-  return {{"_class_name", "PNDMScheduler"}, {"_diffusers_version", "0.30.3"},
-          {"beta_end", 0.012},              {"beta_schedule", "scaled_linear"},
-          {"beta_start", 0.00085},          {"clip_sample", false},
-          {"num_train_timesteps", 1000},    {"prediction_type", "epsilon"},
-          {"set_alpha_to_one", false},      {"skip_prk_steps", true},
-          {"steps_offset", 1},              {"timestep_spacing", "leading"},
+  return {{"_class_name", "PNDMScheduler"},
+          {"_diffusers_version", "0.30.3"},
+          {"beta_end", 0.012},
+          {"beta_schedule", "scaled_linear"},
+          {"beta_start", 0.00085},
+          {"clip_sample", false},
+          {"num_train_timesteps", 1000},
+          {"prediction_type", "epsilon"},
+          {"set_alpha_to_one", false},
+          {"skip_prk_steps", true},
+          {"steps_offset", 1},
+          {"timestep_spacing", "leading"},
           {"trained_betas", nullptr}};
 }
 
@@ -417,7 +458,8 @@ void write_ldm(const Checkpoint& ckpt, const fs::path& path, std::optional<torch
 
 void write_diffusers(const Checkpoint& ckpt, const fs::path& path, std::optional<torch::ScalarType> dtype) {
   if (!ckpt.configs_complete) throw_file_error(ckpt.source, std::string(kHeadCountsUnknown));
-  const json configs[] = {to_json(ckpt.configs.unet), to_json(ckpt.configs.text_encoder), to_json(ckpt.configs.vae)};
+  const json configs[] = {to_json(ckpt.configs.unet), to_json(ckpt.configs.text_encoder),
+                          to_json(ckpt.configs.vae)};
   write_directory_atomically(path, [&](const fs::path& dir) {
     write_text_atomically(dir / "model_index.json", model_index_json(ckpt).dump(2));
     fs::create_directories(dir / "scheduler");
@@ -483,9 +525,11 @@ CheckpointLayout detect_layout(const fs::path& path) {
     if (is_diffusers_folder(path)) return CheckpointLayout::Diffusers;
     if (fs::exists(path / "config.json") || fs::exists(path / "diffusion_pytorch_model.safetensors") ||
         fs::exists(path / "model.safetensors"))
-      throw_file_error(path, "this is a single diffusers component folder; pass the model folder that holds "
-                             "model_index.json, unet/, text_encoder/ and vae/");
-    throw_file_error(path, "folder is not a diffusers model (no model_index.json, unet/, text_encoder/ or vae/)");
+      throw_file_error(path,
+                       "this is a single diffusers component folder; pass the model folder that holds "
+                       "model_index.json, unet/, text_encoder/ and vae/");
+    throw_file_error(path,
+                     "folder is not a diffusers model (no model_index.json, unet/, text_encoder/ or vae/)");
   }
   open_ldm_file(path);
   return CheckpointLayout::Ldm;
@@ -493,9 +537,12 @@ CheckpointLayout detect_layout(const fs::path& path) {
 
 const StateDict& Checkpoint::component(Component c) const {
   switch (c) {
-    case Component::UNet: return unet;
-    case Component::TextEncoder: return text_encoder;
-    case Component::VAE: return vae;
+    case Component::UNet:
+      return unet;
+    case Component::TextEncoder:
+      return text_encoder;
+    case Component::VAE:
+      return vae;
   }
   return unet;
 }
@@ -513,12 +560,13 @@ ModelConfigs infer_configs(const Checkpoint& ckpt, bool* complete) {
   bool all_sd15 = true;
   for (auto part : kComponents)
     if (ckpt.has(part) && widths(c, part) != widths(sd15, part)) all_sd15 = false;
-  if (all_sd15) c = [&] {  // SD 1.5's widths: its head counts are the right ones
-    ModelConfigs known = c;
-    known.unet.num_attention_heads = sd15.unet.num_attention_heads;
-    known.text_encoder.num_attention_heads = sd15.text_encoder.num_attention_heads;
-    return known;
-  }();
+  if (all_sd15)
+    c = [&] {  // SD 1.5's widths: its head counts are the right ones
+      ModelConfigs known = c;
+      known.unet.num_attention_heads = sd15.unet.num_attention_heads;
+      known.text_encoder.num_attention_heads = sd15.text_encoder.num_attention_heads;
+      return known;
+    }();
   if (complete) *complete = all_sd15;
   return c;
 }
@@ -529,7 +577,8 @@ Checkpoint read_checkpoint(const fs::path& path, const std::optional<fs::path>& 
   const ModelConfigs sd15 = sd15_configs();
   const ModelConfigs from_shapes = infer_configs(ckpt, nullptr);
 
-  // Per component: config.json (folder), then --config, else shapes (head counts known only for SD 1.5 widths).
+  // Per component: config.json (folder), then --config, else shapes (head counts known only for SD 1.5
+  // widths).
   std::set<Component> configured;
   ckpt.configs = from_shapes;
   if (layout == CheckpointLayout::Diffusers) {
@@ -537,7 +586,8 @@ Checkpoint read_checkpoint(const fs::path& path, const std::optional<fs::path>& 
     if (!configured.empty()) ckpt.configs = read_model_configs(path, ckpt.configs);
   }
   if (config) {
-    ckpt.configs = read_model_configs(*config, ckpt.configs);  // its errors name the config file and the problem
+    ckpt.configs =
+        read_model_configs(*config, ckpt.configs);  // its errors name the config file and the problem
     const auto given = configured_components(*config);
     configured.insert(given.begin(), given.end());
   }
@@ -557,7 +607,7 @@ Checkpoint read_checkpoint(const fs::path& path, const std::optional<fs::path>& 
     if (!sd15_widths || !same_heads(ckpt.configs, sd15, part)) is_sd15 = false;
   }
   ckpt.configs_complete = complete;
-  ckpt.architecture = is_sd15 ? "sd15"
+  ckpt.architecture = is_sd15    ? "sd15"
                       : complete ? "sd1x-custom"
                                  : "sd1x-custom (widths from shapes; head counts unknown: pass --config DIR)";
   return ckpt;
@@ -568,9 +618,11 @@ void write_checkpoint(const Checkpoint& ckpt, const fs::path& destination, Check
   // "out/" names the folder "out".
   const fs::path path = destination.filename().empty() ? destination.parent_path() : destination;
   if (path.empty()) throw_file_error(destination, "not a file or folder name");
-  if (dtype && !c10::isFloatingType(*dtype)) throw_file_error(path, "the output dtype must be a floating type");
+  if (dtype && !c10::isFloatingType(*dtype))
+    throw_file_error(path, "the output dtype must be a floating type");
   if (layout == CheckpointLayout::Ldm) {
-    if (fs::is_directory(path)) throw_file_error(path, "is a folder; an LDM checkpoint is a single .safetensors file");
+    if (fs::is_directory(path))
+      throw_file_error(path, "is a folder; an LDM checkpoint is a single .safetensors file");
     write_ldm(ckpt, path, dtype);
     return;
   }
@@ -578,7 +630,8 @@ void write_checkpoint(const Checkpoint& ckpt, const fs::path& destination, Check
   if (fs::exists(path) && !fs::is_directory(path))
     throw_file_error(path, "is a file; refusing to replace it with a diffusers folder");
   if (fs::is_directory(path) && !fs::is_empty(path) && !fs::exists(path / "model_index.json"))
-    throw_file_error(path, "is a folder that is not a diffusers model (no model_index.json); refusing to replace it");
+    throw_file_error(
+        path, "is a folder that is not a diffusers model (no model_index.json); refusing to replace it");
   write_diffusers(ckpt, path, dtype);
 }
 

@@ -15,7 +15,7 @@ namespace kiln {
 
 enum class CheckpointLayout { Ldm, Diffusers };
 
-std::string_view layout_name(CheckpointLayout layout);  // "ldm" | "diffusers"
+std::string_view layout_name(CheckpointLayout layout);   // "ldm" | "diffusers"
 CheckpointLayout parse_layout(const std::string& name);  // throws kiln::Error for others
 torch::ScalarType parse_dtype(const std::string& name);  // fp32 | fp16 | bf16
 
@@ -69,15 +69,16 @@ Checkpoint read_checkpoint(const std::filesystem::path& path,
 // model_index.json, scheduler/ (SD 1.5's PNDM config), tokenizer/ (kiln's embedded CLIP vocabulary),
 // and <component>/config.json + weights under the standard file names. Refuses to replace an
 // existing file with a folder (or the reverse) or a folder that is not a diffusers model.
-void write_checkpoint(const Checkpoint& checkpoint, const std::filesystem::path& path, CheckpointLayout layout,
-                      std::optional<torch::ScalarType> dtype = std::nullopt);
+void write_checkpoint(const Checkpoint& checkpoint, const std::filesystem::path& path,
+                      CheckpointLayout layout, std::optional<torch::ScalarType> dtype = std::nullopt);
 
 // The checkpoint as one LDM-named state dict, as write_checkpoint(Ldm) stores it before any dtype
 // cast: components under their prefixes (VAE attention as 1x1 convs), position_ids, extra tensors.
 StateDict ldm_state_dict(const Checkpoint& checkpoint);
 
-// A component's weights inside a diffusers folder, relative to it ("unet/diffusion_pytorch_model.safetensors",
-// "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors").
+// A component's weights inside a diffusers folder, relative to it
+// ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+// "vae/diffusion_pytorch_model.safetensors").
 std::filesystem::path diffusers_weights_file(Component c);
 
 // Configs implied by the tensor shapes of the components present (diffusers names); absent

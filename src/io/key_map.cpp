@@ -1,4 +1,5 @@
-// LDM <-> diffusers tensor names for SD 1.x (DF convert_diffusers_to_original_stable_diffusion.py tables, spec 6.3).
+// LDM <-> diffusers tensor names for SD 1.x (DF convert_diffusers_to_original_stable_diffusion.py tables,
+// spec 6.3).
 #include "io/key_map.h"
 
 #include <regex>
@@ -12,9 +13,9 @@ namespace {
 using Renames = std::initializer_list<std::pair<std::string_view, std::string_view>>;  // {LDM, diffusers}
 
 // Resnet sub-keys inside UNet blocks.
-const Renames kUNetResnetNames = {{"in_layers.0.", "norm1."},           {"in_layers.2.", "conv1."},
-                                  {"emb_layers.1.", "time_emb_proj."}, {"out_layers.0.", "norm2."},
-                                  {"out_layers.3.", "conv2."},         {"skip_connection.", "conv_shortcut."}};
+const Renames kUNetResnetNames = {
+    {"in_layers.0.", "norm1."},  {"in_layers.2.", "conv1."},  {"emb_layers.1.", "time_emb_proj."},
+    {"out_layers.0.", "norm2."}, {"out_layers.3.", "conv2."}, {"skip_connection.", "conv_shortcut."}};
 const Renames kUNetWholeNames = {{"time_embed.0.", "time_embedding.linear_1."},
                                  {"time_embed.2.", "time_embedding.linear_2."},
                                  {"input_blocks.0.0.", "conv_in."},
@@ -22,13 +23,19 @@ const Renames kUNetWholeNames = {{"time_embed.0.", "time_embedding.linear_1."},
                                  {"out.2.", "conv_out."}};
 // Transformer2D sub-keys are the same in both layouts.
 constexpr std::string_view kUNetAttentionParts[] = {"norm.", "proj_in.", "proj_out.", "transformer_blocks."};
-const Renames kVAEResnetNames = {{"norm1.", "norm1."}, {"conv1.", "conv1."},        {"norm2.", "norm2."},
-                                 {"conv2.", "conv2."}, {"nin_shortcut.", "conv_shortcut."}};
+const Renames kVAEResnetNames = {{"norm1.", "norm1."},
+                                 {"conv1.", "conv1."},
+                                 {"norm2.", "norm2."},
+                                 {"conv2.", "conv2."},
+                                 {"nin_shortcut.", "conv_shortcut."}};
 const Renames kVAEAttentionNames = {
     {"norm.", "group_norm."}, {"q.", "to_q."}, {"k.", "to_k."}, {"v.", "to_v."}, {"proj_out.", "to_out.0."}};
 // diffusers < 0.14 named the VAE attention projections differently; still found in many folders.
-const Renames kVAELegacyAttentionNames = {
-    {"group_norm.", "group_norm."}, {"query.", "to_q."}, {"key.", "to_k."}, {"value.", "to_v."}, {"proj_attn.", "to_out.0."}};
+const Renames kVAELegacyAttentionNames = {{"group_norm.", "group_norm."},
+                                          {"query.", "to_q."},
+                                          {"key.", "to_k."},
+                                          {"value.", "to_v."},
+                                          {"proj_attn.", "to_out.0."}};
 constexpr std::string_view kTextParts[] = {"embeddings.", "encoder.layers.", "final_layer_norm."};
 
 // SD 1.x structure: 4 resolution levels; 2 resnets per down block, 3 per up block (UNet and VAE).
@@ -52,7 +59,8 @@ std::optional<std::string> rename_prefix(std::string_view rest, Renames table, b
   throw Error("tensor '" + std::string(key) + "' is not part of an SD 1.x " + std::string(component_name(c)));
 }
 
-std::string rename_or_throw(Component c, std::string_view full_key, std::string_view rest, Renames table, bool to_ldm) {
+std::string rename_or_throw(Component c, std::string_view full_key, std::string_view rest, Renames table,
+                            bool to_ldm) {
   auto renamed = rename_prefix(rest, table, to_ldm);
   if (!renamed) unknown_key(c, full_key);
   return *renamed;
@@ -69,8 +77,8 @@ int to_int(const std::ssub_match& m) { return std::stoi(m.str()); }
 
 std::string unet_to_diffusers(std::string_view full, std::string_view key) {
   if (auto whole = rename_prefix(key, kUNetWholeNames, false)) return *whole;
-  static const std::regex input(R"(^input_blocks\.(\d+)\.(\d+)\.(.+)$)"), middle(R"(^middle_block\.(\d+)\.(.+)$)"),
-      output(R"(^output_blocks\.(\d+)\.(\d+)\.(.+)$)");
+  static const std::regex input(R"(^input_blocks\.(\d+)\.(\d+)\.(.+)$)"),
+      middle(R"(^middle_block\.(\d+)\.(.+)$)"), output(R"(^output_blocks\.(\d+)\.(\d+)\.(.+)$)");
   constexpr auto U = Component::UNet;
   const std::string k(key);
   std::smatch m;
@@ -87,7 +95,8 @@ std::string unet_to_diffusers(std::string_view full, std::string_view key) {
     const int level = (n - 1) / 3, j = (n - 1) % 3;
     const std::string block = "down_blocks." + std::to_string(level);
     if (layer == 0)
-      return block + ".resnets." + std::to_string(j) + "." + rename_or_throw(U, full, rest, kUNetResnetNames, false);
+      return block + ".resnets." + std::to_string(j) + "." +
+             rename_or_throw(U, full, rest, kUNetResnetNames, false);
     if (layer == 1 && level < kLevels - 1)  // the lowest level has no attention in SD 1.x
       return block + ".attentions." + std::to_string(j) + "." + attention_part(full, rest);
     unknown_key(U, full);
@@ -97,7 +106,8 @@ std::string unet_to_diffusers(std::string_view full, std::string_view key) {
     const std::string rest = m[2];
     if (n == 1) return "mid_block.attentions.0." + attention_part(full, rest);
     if (n == 0 || n == 2)
-      return "mid_block.resnets." + std::to_string(n / 2) + "." + rename_or_throw(U, full, rest, kUNetResnetNames, false);
+      return "mid_block.resnets." + std::to_string(n / 2) + "." +
+             rename_or_throw(U, full, rest, kUNetResnetNames, false);
     unknown_key(U, full);
   }
   if (std::regex_match(k, m, output)) {
@@ -110,12 +120,14 @@ std::string unet_to_diffusers(std::string_view full, std::string_view key) {
     const std::string block = "up_blocks." + std::to_string(level);
     const int upsampler_layer = level == 0 ? 1 : 2;
     if (layer == 0)
-      return block + ".resnets." + std::to_string(j) + "." + rename_or_throw(U, full, rest, kUNetResnetNames, false);
+      return block + ".resnets." + std::to_string(j) + "." +
+             rename_or_throw(U, full, rest, kUNetResnetNames, false);
     if (j == kUpLayers - 1 && level < kLevels - 1 && layer == upsampler_layer) {
       if (!starts_with(rest, "conv.") || rest.size() == 5) unknown_key(U, full);
       return block + ".upsamplers.0." + rest;
     }
-    if (layer == 1 && level > 0) return block + ".attentions." + std::to_string(j) + "." + attention_part(full, rest);
+    if (layer == 1 && level > 0)
+      return block + ".attentions." + std::to_string(j) + "." + attention_part(full, rest);
     unknown_key(U, full);
   }
   unknown_key(U, full);
@@ -132,13 +144,15 @@ std::string unet_to_ldm(std::string_view key) {
   const std::string k(key);
   std::smatch m;
   auto sub_key = [&](const std::string& kind, const std::string& rest) {
-    return kind == "resnets" ? rename_or_throw(U, key, rest, kUNetResnetNames, true) : attention_part(key, rest);
+    return kind == "resnets" ? rename_or_throw(U, key, rest, kUNetResnetNames, true)
+                             : attention_part(key, rest);
   };
   if (std::regex_match(k, m, down)) {
     const int level = to_int(m[1]), j = to_int(m[3]);
     const bool attention = m[2] == "attentions";
     if (level >= kLevels || j >= kDownLayers || (attention && level == kLevels - 1)) unknown_key(U, key);
-    return "input_blocks." + std::to_string(3 * level + j + 1) + (attention ? ".1." : ".0.") + sub_key(m[2], m[4]);
+    return "input_blocks." + std::to_string(3 * level + j + 1) + (attention ? ".1." : ".0.") +
+           sub_key(m[2], m[4]);
   }
   if (std::regex_match(k, m, down_sample)) {
     const int level = to_int(m[1]);
@@ -147,7 +161,8 @@ std::string unet_to_ldm(std::string_view key) {
   }
   if (std::regex_match(k, m, mid)) {
     const int j = to_int(m[2]);
-    if (m[1] == "resnets" && j < 2) return "middle_block." + std::to_string(2 * j) + "." + sub_key(m[1], m[3]);
+    if (m[1] == "resnets" && j < 2)
+      return "middle_block." + std::to_string(2 * j) + "." + sub_key(m[1], m[3]);
     if (m[1] == "attentions" && j == 0) return "middle_block.1." + sub_key(m[1], m[3]);
     unknown_key(U, key);
   }
@@ -155,13 +170,15 @@ std::string unet_to_ldm(std::string_view key) {
     const int level = to_int(m[1]), j = to_int(m[3]);
     const bool attention = m[2] == "attentions";
     if (level >= kLevels || j >= kUpLayers || (attention && level == 0)) unknown_key(U, key);
-    return "output_blocks." + std::to_string(3 * level + j) + (attention ? ".1." : ".0.") + sub_key(m[2], m[4]);
+    return "output_blocks." + std::to_string(3 * level + j) + (attention ? ".1." : ".0.") +
+           sub_key(m[2], m[4]);
   }
   // Up level 0 has no attention, so its upsampler is layer 1 of the output block; the others' is layer 2.
   if (std::regex_match(k, m, up_sample)) {
     const int level = to_int(m[1]);
     if (level >= kLevels - 1) unknown_key(U, key);
-    return "output_blocks." + std::to_string(3 * level + 2) + (level == 0 ? ".1." : ".2.") + std::string(m[2]);
+    return "output_blocks." + std::to_string(3 * level + 2) + (level == 0 ? ".1." : ".2.") +
+           std::string(m[2]);
   }
   unknown_key(U, key);
 }
@@ -171,8 +188,10 @@ std::string vae_to_diffusers(std::string_view full, std::string_view key) {
       up_block(R"(^decoder\.up\.(\d+)\.block\.(\d+)\.(.+)$)"),
       down_sample(R"(^encoder\.down\.(\d+)\.downsample\.(conv\..+)$)"),
       up_sample(R"(^decoder\.up\.(\d+)\.upsample\.(conv\..+)$)"),
-      mid_res(R"(^(encoder|decoder)\.mid\.block_(\d+)\.(.+)$)"), mid_attn(R"(^(encoder|decoder)\.mid\.attn_1\.(.+)$)"),
-      ends(R"(^(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(.+)$)"), quant(R"(^(quant_conv|post_quant_conv)\..+$)");
+      mid_res(R"(^(encoder|decoder)\.mid\.block_(\d+)\.(.+)$)"),
+      mid_attn(R"(^(encoder|decoder)\.mid\.attn_1\.(.+)$)"),
+      ends(R"(^(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(.+)$)"),
+      quant(R"(^(quant_conv|post_quant_conv)\..+$)");
   constexpr auto V = Component::VAE;
   const std::string k(key);
   std::smatch m;
@@ -186,8 +205,8 @@ std::string vae_to_diffusers(std::string_view full, std::string_view key) {
   if (std::regex_match(k, m, up_block)) {
     const int level = to_int(m[1]), j = to_int(m[2]);
     if (level >= kLevels || j >= kUpLayers) unknown_key(V, full);
-    return "decoder.up_blocks." + std::to_string(kLevels - 1 - level) + ".resnets." + std::to_string(j) + "." +
-           rename_or_throw(V, full, m[3].str(), kVAEResnetNames, false);
+    return "decoder.up_blocks." + std::to_string(kLevels - 1 - level) + ".resnets." + std::to_string(j) +
+           "." + rename_or_throw(V, full, m[3].str(), kVAEResnetNames, false);
   }
   if (std::regex_match(k, m, down_sample)) {
     const int level = to_int(m[1]);
@@ -206,9 +225,11 @@ std::string vae_to_diffusers(std::string_view full, std::string_view key) {
            rename_or_throw(V, full, m[3].str(), kVAEResnetNames, false);
   }
   if (std::regex_match(k, m, mid_attn))
-    return m[1].str() + ".mid_block.attentions.0." + rename_or_throw(V, full, m[2].str(), kVAEAttentionNames, false);
+    return m[1].str() + ".mid_block.attentions.0." +
+           rename_or_throw(V, full, m[2].str(), kVAEAttentionNames, false);
   if (std::regex_match(k, m, ends))
-    return m[1].str() + "." + (m[2] == "norm_out" ? std::string("conv_norm_out") : m[2].str()) + "." + m[3].str();
+    return m[1].str() + "." + (m[2] == "norm_out" ? std::string("conv_norm_out") : m[2].str()) + "." +
+           m[3].str();
   if (std::regex_match(k, m, quant)) return k;
   unknown_key(V, full);
 }
@@ -257,7 +278,8 @@ std::string vae_to_ldm(std::string_view original_key) {
   if (std::regex_match(k, m, mid_attn))
     return m[1].str() + ".mid.attn_1." + rename_or_throw(V, key, m[2].str(), kVAEAttentionNames, true);
   if (std::regex_match(k, m, ends))
-    return m[1].str() + "." + (m[2] == "conv_norm_out" ? std::string("norm_out") : m[2].str()) + "." + m[3].str();
+    return m[1].str() + "." + (m[2] == "conv_norm_out" ? std::string("norm_out") : m[2].str()) + "." +
+           m[3].str();
   if (std::regex_match(k, m, quant)) return k;
   unknown_key(V, key);
 }
@@ -272,18 +294,24 @@ std::string text_key(std::string_view full, std::string_view rest) {
 
 std::string_view component_name(Component c) {
   switch (c) {
-    case Component::UNet: return "unet";
-    case Component::TextEncoder: return "text_encoder";
-    case Component::VAE: return "vae";
+    case Component::UNet:
+      return "unet";
+    case Component::TextEncoder:
+      return "text_encoder";
+    case Component::VAE:
+      return "vae";
   }
   return "?";
 }
 
 std::string_view ldm_prefix(Component c) {
   switch (c) {
-    case Component::UNet: return kLdmUNetPrefix;
-    case Component::TextEncoder: return kLdmTextEncoderPrefix;
-    case Component::VAE: return kLdmVAEPrefix;
+    case Component::UNet:
+      return kLdmUNetPrefix;
+    case Component::TextEncoder:
+      return kLdmTextEncoderPrefix;
+    case Component::VAE:
+      return kLdmVAEPrefix;
   }
   return {};
 }
@@ -299,8 +327,10 @@ std::string ldm_to_diffusers(Component c, std::string_view ldm_key) {
   if (!starts_with(ldm_key, prefix)) unknown_key(c, ldm_key);
   const auto key = ldm_key.substr(prefix.size());
   switch (c) {
-    case Component::UNet: return unet_to_diffusers(ldm_key, key);
-    case Component::VAE: return vae_to_diffusers(ldm_key, key);
+    case Component::UNet:
+      return unet_to_diffusers(ldm_key, key);
+    case Component::VAE:
+      return vae_to_diffusers(ldm_key, key);
     case Component::TextEncoder:
       // Very old files lack the "text_model." level (A1111's checkpoint_dict_replacements).
       return text_key(ldm_key, starts_with(key, "text_model.") ? key.substr(11) : key);
@@ -310,8 +340,10 @@ std::string ldm_to_diffusers(Component c, std::string_view ldm_key) {
 
 std::string diffusers_to_ldm(Component c, std::string_view key) {
   switch (c) {
-    case Component::UNet: return std::string(kLdmUNetPrefix) + unet_to_ldm(key);
-    case Component::VAE: return std::string(kLdmVAEPrefix) + vae_to_ldm(key);
+    case Component::UNet:
+      return std::string(kLdmUNetPrefix) + unet_to_ldm(key);
+    case Component::VAE:
+      return std::string(kLdmVAEPrefix) + vae_to_ldm(key);
     case Component::TextEncoder:
       if (!starts_with(key, "text_model.")) unknown_key(c, key);
       return std::string(kLdmTextEncoderPrefix) + text_key(key, key.substr(11));
@@ -320,7 +352,8 @@ std::string diffusers_to_ldm(Component c, std::string_view key) {
 }
 
 std::string modern_diffusers_key(Component c, std::string_view key) {
-  static const std::regex legacy(R"(^((encoder|decoder)\.mid_block\.attentions\.0\.)(query|key|value|proj_attn)\.(.+)$)");
+  static const std::regex legacy(
+      R"(^((encoder|decoder)\.mid_block\.attentions\.0\.)(query|key|value|proj_attn)\.(.+)$)");
   if (c != Component::VAE) return std::string(key);
   const std::string k(key);
   std::smatch m;
@@ -329,7 +362,8 @@ std::string modern_diffusers_key(Component c, std::string_view key) {
 }
 
 bool is_vae_attention_weight(Component c, std::string_view key) {
-  static const std::regex weight(R"(^(encoder|decoder)\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$)");
+  static const std::regex weight(
+      R"(^(encoder|decoder)\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$)");
   return c == Component::VAE && std::regex_match(std::string(key), weight);
 }
 

@@ -17,7 +17,8 @@
 #include "util/atomic_file.h"
 #include "util/error.h"
 
-static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian; big-endian hosts are not supported");
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; big-endian hosts are not supported");
 
 namespace kiln {
 namespace {
@@ -25,33 +26,55 @@ namespace {
 // Torch dtypes that exist in libtorch 1.13; the unsigned wide and fp8 types do not.
 std::optional<torch::ScalarType> to_torch(SafeTensorsDType dtype) {
   switch (dtype) {
-    case SafeTensorsDType::F64: return torch::kFloat64;
-    case SafeTensorsDType::F32: return torch::kFloat32;
-    case SafeTensorsDType::F16: return torch::kFloat16;
-    case SafeTensorsDType::BF16: return torch::kBFloat16;
-    case SafeTensorsDType::I64: return torch::kInt64;
-    case SafeTensorsDType::I32: return torch::kInt32;
-    case SafeTensorsDType::I16: return torch::kInt16;
-    case SafeTensorsDType::I8: return torch::kInt8;
-    case SafeTensorsDType::U8: return torch::kUInt8;
-    case SafeTensorsDType::BOOL: return torch::kBool;
-    default: return std::nullopt;
+    case SafeTensorsDType::F64:
+      return torch::kFloat64;
+    case SafeTensorsDType::F32:
+      return torch::kFloat32;
+    case SafeTensorsDType::F16:
+      return torch::kFloat16;
+    case SafeTensorsDType::BF16:
+      return torch::kBFloat16;
+    case SafeTensorsDType::I64:
+      return torch::kInt64;
+    case SafeTensorsDType::I32:
+      return torch::kInt32;
+    case SafeTensorsDType::I16:
+      return torch::kInt16;
+    case SafeTensorsDType::I8:
+      return torch::kInt8;
+    case SafeTensorsDType::U8:
+      return torch::kUInt8;
+    case SafeTensorsDType::BOOL:
+      return torch::kBool;
+    default:
+      return std::nullopt;
   }
 }
 
 std::optional<SafeTensorsDType> from_torch(torch::ScalarType type) {
   switch (type) {
-    case torch::kFloat64: return SafeTensorsDType::F64;
-    case torch::kFloat32: return SafeTensorsDType::F32;
-    case torch::kFloat16: return SafeTensorsDType::F16;
-    case torch::kBFloat16: return SafeTensorsDType::BF16;
-    case torch::kInt64: return SafeTensorsDType::I64;
-    case torch::kInt32: return SafeTensorsDType::I32;
-    case torch::kInt16: return SafeTensorsDType::I16;
-    case torch::kInt8: return SafeTensorsDType::I8;
-    case torch::kUInt8: return SafeTensorsDType::U8;
-    case torch::kBool: return SafeTensorsDType::BOOL;
-    default: return std::nullopt;
+    case torch::kFloat64:
+      return SafeTensorsDType::F64;
+    case torch::kFloat32:
+      return SafeTensorsDType::F32;
+    case torch::kFloat16:
+      return SafeTensorsDType::F16;
+    case torch::kBFloat16:
+      return SafeTensorsDType::BF16;
+    case torch::kInt64:
+      return SafeTensorsDType::I64;
+    case torch::kInt32:
+      return SafeTensorsDType::I32;
+    case torch::kInt16:
+      return SafeTensorsDType::I16;
+    case torch::kInt8:
+      return SafeTensorsDType::I8;
+    case torch::kUInt8:
+      return SafeTensorsDType::U8;
+    case torch::kBool:
+      return SafeTensorsDType::BOOL;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -98,7 +121,8 @@ SafeTensorsFile SafeTensorsFile::open(const std::filesystem::path& path) {
 
   SafeTensorsFile file;
   file.path_ = path;
-  file.header_ = parse_safetensors_header(std::string_view(mapping->data, mapping->size), mapping->size, path.string());
+  file.header_ =
+      parse_safetensors_header(std::string_view(mapping->data, mapping->size), mapping->size, path.string());
   file.mapping_ = std::move(mapping);
   return file;
 }
@@ -133,7 +157,8 @@ torch::Tensor SafeTensorsFile::tensor(const std::string& name) const {
     return copy;
   }
   std::shared_ptr<Mapping> keep_alive = mapping_;
-  return torch::from_blob(const_cast<char*>(data), entry->shape, [keep_alive](void*) {}, options);
+  return torch::from_blob(
+      const_cast<char*>(data), entry->shape, [keep_alive](void*) {}, options);
 }
 
 StateDict SafeTensorsFile::tensors() const {
@@ -142,7 +167,8 @@ StateDict SafeTensorsFile::tensors() const {
   return out;
 }
 
-void save_safetensors(const std::filesystem::path& path, const StateDict& tensors, const SafeTensorsWriteOptions& options) {
+void save_safetensors(const std::filesystem::path& path, const StateDict& tensors,
+                      const SafeTensorsWriteOptions& options) {
   struct Item {
     const std::string* name;
     SafeTensorsDType dtype;
@@ -155,7 +181,8 @@ void save_safetensors(const std::filesystem::path& path, const StateDict& tensor
     if (!t.defined()) throw_file_error(path, "tensor '" + name + "' is undefined");
     const auto dtype = from_torch(t.scalar_type());
     if (!dtype)
-      throw_file_error(path, "tensor '" + name + "' has dtype " + std::string(c10::toString(t.scalar_type())) +
+      throw_file_error(path, "tensor '" + name + "' has dtype " +
+                                 std::string(c10::toString(t.scalar_type())) +
                                  ", which safetensors files written by kiln do not support");
     items.push_back({&name, *dtype, t.detach().to(torch::kCPU).contiguous()});
   }
@@ -190,11 +217,13 @@ void save_safetensors(const std::filesystem::path& path, const StateDict& tensor
 
   write_file_atomically(path, [&](std::FILE* f) {
     auto put = [&](const void* p, size_t size) {
-      if (size > 0 && std::fwrite(p, 1, size, f) != size) throw_file_error(path, "write failed: " + errno_text());
+      if (size > 0 && std::fwrite(p, 1, size, f) != size)
+        throw_file_error(path, "write failed: " + errno_text());
     };
     put(&n, 8);
     put(text.data(), text.size());
-    for (const Item& item : items) put(item.data.data_ptr(), static_cast<size_t>(item.data.numel()) * dtype_size(item.dtype));
+    for (const Item& item : items)
+      put(item.data.data_ptr(), static_cast<size_t>(item.data.numel()) * dtype_size(item.dtype));
   });
 }
 

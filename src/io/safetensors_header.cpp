@@ -26,13 +26,20 @@ struct DTypeInfo {
 };
 
 constexpr std::array<DTypeInfo, 15> kDTypes = {{
-    {SafeTensorsDType::BOOL, "BOOL", 1},    {SafeTensorsDType::U8, "U8", 1},
-    {SafeTensorsDType::I8, "I8", 1},        {SafeTensorsDType::I16, "I16", 2},
-    {SafeTensorsDType::U16, "U16", 2},      {SafeTensorsDType::F16, "F16", 2},
-    {SafeTensorsDType::BF16, "BF16", 2},    {SafeTensorsDType::I32, "I32", 4},
-    {SafeTensorsDType::U32, "U32", 4},      {SafeTensorsDType::F32, "F32", 4},
-    {SafeTensorsDType::F64, "F64", 8},      {SafeTensorsDType::I64, "I64", 8},
-    {SafeTensorsDType::U64, "U64", 8},      {SafeTensorsDType::F8_E5M2, "F8_E5M2", 1},
+    {SafeTensorsDType::BOOL, "BOOL", 1},
+    {SafeTensorsDType::U8, "U8", 1},
+    {SafeTensorsDType::I8, "I8", 1},
+    {SafeTensorsDType::I16, "I16", 2},
+    {SafeTensorsDType::U16, "U16", 2},
+    {SafeTensorsDType::F16, "F16", 2},
+    {SafeTensorsDType::BF16, "BF16", 2},
+    {SafeTensorsDType::I32, "I32", 4},
+    {SafeTensorsDType::U32, "U32", 4},
+    {SafeTensorsDType::F32, "F32", 4},
+    {SafeTensorsDType::F64, "F64", 8},
+    {SafeTensorsDType::I64, "I64", 8},
+    {SafeTensorsDType::U64, "U64", 8},
+    {SafeTensorsDType::F8_E5M2, "F8_E5M2", 1},
     {SafeTensorsDType::F8_E4M3, "F8_E4M3", 1},
 }};
 
@@ -40,7 +47,8 @@ constexpr std::array<DTypeInfo, 15> kDTypes = {{
 std::string shown_name(std::string_view s) {
   std::string out = "'";
   size_t shown = std::min(s.size(), kMaxShownLength);
-  while (shown < s.size() && (static_cast<unsigned char>(s[shown]) & 0xc0) == 0x80) ++shown;  // whole UTF-8 chars
+  while (shown < s.size() && (static_cast<unsigned char>(s[shown]) & 0xc0) == 0x80)
+    ++shown;  // whole UTF-8 chars
   for (size_t i = 0; i < shown; ++i) {
     unsigned char c = static_cast<unsigned char>(s[i]);
     if (c < 0x20 || c == 0x7f) {
@@ -78,7 +86,8 @@ class HeaderSax {
   bool boolean(bool) { return unexpected("a boolean"); }
   bool number_integer(json::number_integer_t v) {
     // nlohmann reports only negative literals here; non-negative ones arrive as unsigned.
-    if (depth_ == 3) return fail(in_tensor() + ": " + field_ + " holds a negative value " + std::to_string(v));
+    if (depth_ == 3)
+      return fail(in_tensor() + ": " + field_ + " holds a negative value " + std::to_string(v));
     return unexpected("a number");
   }
   bool number_unsigned(json::number_unsigned_t v) {
@@ -87,7 +96,9 @@ class HeaderSax {
     return true;
   }
   bool number_float(json::number_float_t, const std::string&) {
-    if (depth_ == 3) return fail(in_tensor() + ": " + field_ + " must hold non-negative integers (found a fraction, exponent or a value above 2^64-1)");
+    if (depth_ == 3)
+      return fail(in_tensor() + ": " + field_ +
+                  " must hold non-negative integers (found a fraction, exponent or a value above 2^64-1)");
     return unexpected("a number");
   }
   bool string(std::string& s) {
@@ -122,7 +133,10 @@ class HeaderSax {
   bool end_object() {
     if (depth_ == 2 && !in_metadata_) {
       const RawTensor& t = tensors.back();
-      const char* missing = !t.has_dtype ? "dtype" : !t.has_shape ? "shape" : !t.has_offsets ? "data_offsets" : nullptr;
+      const char* missing = !t.has_dtype     ? "dtype"
+                            : !t.has_shape   ? "shape"
+                            : !t.has_offsets ? "data_offsets"
+                                             : nullptr;
       if (missing) return fail(in_tensor() + ": missing \"" + missing + "\"");
     }
     in_metadata_ = false;
@@ -142,8 +156,13 @@ class HeaderSax {
       return true;
     }
     RawTensor& t = tensors.back();
-    bool* seen = k == "dtype" ? &t.has_dtype : k == "shape" ? &t.has_shape : k == "data_offsets" ? &t.has_offsets : nullptr;
-    if (!seen) return fail(in_tensor() + ": unexpected field " + shown_name(k) + " (allowed: dtype, shape, data_offsets)");
+    bool* seen = k == "dtype"          ? &t.has_dtype
+                 : k == "shape"        ? &t.has_shape
+                 : k == "data_offsets" ? &t.has_offsets
+                                       : nullptr;
+    if (!seen)
+      return fail(in_tensor() + ": unexpected field " + shown_name(k) +
+                  " (allowed: dtype, shape, data_offsets)");
     if (*seen) return fail(in_tensor() + ": duplicate field " + shown_name(k));
     *seen = true;
     field_ = std::move(k);
@@ -195,15 +214,19 @@ class HeaderSax {
   bool unexpected(const char* found) {
     std::string f = std::string("found ") + found;
     switch (depth_) {
-      case 0: return fail("header is not a JSON object (" + f + ")");
+      case 0:
+        return fail("header is not a JSON object (" + f + ")");
       case 1:
         if (top_key_ == "__metadata__") return fail("__metadata__ must be an object of strings (" + f + ")");
-        return fail("tensor " + shown_name(top_key_) + " must be an object with dtype, shape and data_offsets (" + f + ")");
+        return fail("tensor " + shown_name(top_key_) +
+                    " must be an object with dtype, shape and data_offsets (" + f + ")");
       case 2:
-        if (in_metadata_) return fail("__metadata__ value for key " + shown_name(key_) + " must be a string (" + f + ")");
+        if (in_metadata_)
+          return fail("__metadata__ value for key " + shown_name(key_) + " must be a string (" + f + ")");
         if (field_ == "dtype") return fail(in_tensor() + ": dtype must be a string (" + f + ")");
         return fail(in_tensor() + ": " + field_ + " must be an array of non-negative integers (" + f + ")");
-      default: return fail(in_tensor() + ": " + field_ + " must hold non-negative integers (" + f + ")");
+      default:
+        return fail(in_tensor() + ": " + field_ + " must hold non-negative integers (" + f + ")");
     }
   }
 
@@ -244,18 +267,24 @@ size_t dtype_size(SafeTensorsDType dtype) {
   return 0;
 }
 
-SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t file_size, const std::string& source) {
+SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t file_size,
+                                           const std::string& source) {
   auto fail = [&](const std::string& problem) { throw Error(source + ": " + problem); };
 
-  if (file_size < 8) fail("not a safetensors file: " + std::to_string(file_size) + " bytes, too short for the 8-byte header length");
+  if (file_size < 8)
+    fail("not a safetensors file: " + std::to_string(file_size) +
+         " bytes, too short for the 8-byte header length");
   if (prefix.size() < 8) fail("internal: fewer than 8 header bytes were supplied");
   uint64_t n = 0;
-  static_assert(std::endian::native == std::endian::little, "safetensors is little-endian; big-endian hosts are not supported");
+  static_assert(std::endian::native == std::endian::little,
+                "safetensors is little-endian; big-endian hosts are not supported");
   std::memcpy(&n, prefix.data(), 8);
   if (n > kMaxHeaderLength)
-    fail("header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderLength) + " bytes (corrupt or not a safetensors file)");
+    fail("header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderLength) +
+         " bytes (corrupt or not a safetensors file)");
   if (8 + n > file_size)
-    fail("truncated: header length is " + std::to_string(n) + " bytes but the file has only " + std::to_string(file_size) + " bytes");
+    fail("truncated: header length is " + std::to_string(n) + " bytes but the file has only " +
+         std::to_string(file_size) + " bytes");
   if (prefix.size() < 8 + n) fail("internal: the supplied prefix does not hold the whole header");
   const std::string_view text = prefix.substr(8, n);
   if (text.empty()) fail("header is empty (length 0)");
@@ -266,7 +295,8 @@ SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t fil
   }
 
   HeaderSax sax;
-  const bool ok = nlohmann::json::sax_parse(text.begin(), text.end(), &sax, nlohmann::json::input_format_t::json, /*strict=*/true);
+  const bool ok = nlohmann::json::sax_parse(text.begin(), text.end(), &sax,
+                                            nlohmann::json::input_format_t::json, /*strict=*/true);
   if (!ok || !sax.error.empty()) fail(sax.error.empty() ? "header is not valid JSON" : sax.error);
 
   SafeTensorsHeader header;
@@ -277,25 +307,30 @@ SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t fil
     const std::string who = "tensor " + shown_name(raw.name);
     TensorEntry t;
     t.name = std::move(raw.name);
-    auto dt = std::find_if(kDTypes.begin(), kDTypes.end(), [&](const DTypeInfo& d) { return d.name == raw.dtype; });
+    auto dt =
+        std::find_if(kDTypes.begin(), kDTypes.end(), [&](const DTypeInfo& d) { return d.name == raw.dtype; });
     if (dt == kDTypes.end()) fail(who + ": unknown or unsupported dtype " + shown_name(raw.dtype));
     t.dtype = dt->dtype;
     uint64_t numel = 1;
     for (uint64_t d : raw.shape) {
-      if (d > static_cast<uint64_t>(INT64_MAX)) fail(who + ": shape dimension " + std::to_string(d) + " is too large");
+      if (d > static_cast<uint64_t>(INT64_MAX))
+        fail(who + ": shape dimension " + std::to_string(d) + " is too large");
       if (__builtin_mul_overflow(numel, d, &numel)) fail(who + ": shape element count overflows 64 bits");
       t.shape.push_back(static_cast<int64_t>(d));
     }
     uint64_t bytes = 0;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dt->size), &bytes)) fail(who + ": shape byte size overflows 64 bits");
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dt->size), &bytes))
+      fail(who + ": shape byte size overflows 64 bits");
     if (raw.offsets.size() != 2)
-      fail(who + ": data_offsets must be [begin, end] (found " + std::to_string(raw.offsets.size()) + " values)");
+      fail(who + ": data_offsets must be [begin, end] (found " + std::to_string(raw.offsets.size()) +
+           " values)");
     t.begin = raw.offsets[0];
     t.end = raw.offsets[1];
     if (t.begin > t.end) fail(who + ": data_offsets " + offsets_text(t) + " has begin > end");
     if (t.end - t.begin != bytes)
-      fail(who + ": data_offsets " + offsets_text(t) + " span " + std::to_string(t.end - t.begin) + " bytes but dtype " +
-           std::string(dt->name) + " with " + std::to_string(numel) + " elements needs " + std::to_string(bytes));
+      fail(who + ": data_offsets " + offsets_text(t) + " span " + std::to_string(t.end - t.begin) +
+           " bytes but dtype " + std::string(dt->name) + " with " + std::to_string(numel) +
+           " elements needs " + std::to_string(bytes));
     header.tensors.push_back(std::move(t));
   }
 
@@ -310,7 +345,8 @@ SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t fil
   const TensorEntry* previous = nullptr;
   for (const TensorEntry* t : by_offset) {
     if (t->begin < data_end)
-      fail("tensor " + shown_name(t->name) + " data_offsets " + offsets_text(*t) + " overlap tensor " + shown_name(previous->name) + " " + offsets_text(*previous));
+      fail("tensor " + shown_name(t->name) + " data_offsets " + offsets_text(*t) + " overlap tensor " +
+           shown_name(previous->name) + " " + offsets_text(*previous));
     if (t->begin > data_end)
       fail("hole in the data section: bytes [" + std::to_string(data_end) + ", " + std::to_string(t->begin) +
            ") belong to no tensor (next is " + shown_name(t->name) + ")");
@@ -320,14 +356,17 @@ SafeTensorsHeader parse_safetensors_header(std::string_view prefix, uint64_t fil
 
   uint64_t expected_size = 0;
   if (__builtin_add_overflow(8 + n, data_end, &expected_size))
-    fail("tensor " + shown_name(previous->name) + " data_offsets " + offsets_text(*previous) + " are out of range");
+    fail("tensor " + shown_name(previous->name) + " data_offsets " + offsets_text(*previous) +
+         " are out of range");
   if (expected_size > file_size)
-    fail("truncated: header says data ends at byte " + std::to_string(expected_size) + " but file has " + std::to_string(file_size) + " bytes");
+    fail("truncated: header says data ends at byte " + std::to_string(expected_size) + " but file has " +
+         std::to_string(file_size) + " bytes");
   if (expected_size < file_size)
     fail("trailing bytes: header says data ends at byte " + std::to_string(expected_size) + " but file has " +
          std::to_string(file_size) + " bytes (" + std::to_string(file_size - expected_size) + " extra)");
 
-  std::sort(header.tensors.begin(), header.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) { return a.name < b.name; });
+  std::sort(header.tensors.begin(), header.tensors.end(),
+            [](const TensorEntry& a, const TensorEntry& b) { return a.name < b.name; });
   return header;
 }
 

@@ -8,7 +8,23 @@
 
 namespace kiln {
 
-enum class SafeTensorsDType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E5M2, F8_E4M3 };
+enum class SafeTensorsDType {
+  BOOL,
+  U8,
+  I8,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64,
+  F8_E5M2,
+  F8_E4M3
+};
 
 struct TensorEntry {
   std::string name;

@@ -21,16 +21,19 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
   auto scores = torch::matmul(split(q, q_len), split(k, k_len).transpose(-1, -2)) * scale;  // [B, H, Lq, Lk]
   if (mask) scores = scores + *mask;
   auto probs = scores.softmax(-1);
-  auto out = torch::matmul(probs, split(v, k_len));                                  // [B, H, Lq, D]
+  auto out = torch::matmul(probs, split(v, k_len));  // [B, H, Lq, D]
   return out.permute({0, 2, 1, 3}).reshape({batch, q_len, channels});
 }
 
 torch::Tensor causal_attention_mask(int64_t length, torch::ScalarType dtype, torch::Device device) {
   auto options = torch::TensorOptions().dtype(dtype).device(device);
   auto lowest = torch::full({length, length}, -std::numeric_limits<float>::infinity(), options);
-  if (dtype == torch::kFloat16) lowest.fill_(-65504.0);
-  else if (dtype == torch::kBFloat16) lowest.fill_(-3.3895313892515355e38);
-  else if (dtype == torch::kFloat32) lowest.fill_(std::numeric_limits<float>::lowest());
+  if (dtype == torch::kFloat16)
+    lowest.fill_(-65504.0);
+  else if (dtype == torch::kBFloat16)
+    lowest.fill_(-3.3895313892515355e38);
+  else if (dtype == torch::kFloat32)
+    lowest.fill_(std::numeric_limits<float>::lowest());
   return torch::triu(lowest, 1);
 }
 

@@ -64,7 +64,8 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& c) {
   embeddings = register_module("embeddings", CLIPEmbeddings(c));
   encoder = register_module("encoder", CLIPEncoder(c));
   final_layer_norm = register_module(
-      "final_layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+      "final_layer_norm",
+      torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
 }
 
 CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(config) {
@@ -82,7 +83,8 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
     if (output_hidden_states) out.hidden_states.push_back(h);
   }
   out.last_hidden_state = model.final_layer_norm(h);
-  // transformers: with the legacy eos_token_id == 2 configs the EOS is the largest id; otherwise the first EOS.
+  // transformers: with the legacy eos_token_id == 2 configs the EOS is the largest id; otherwise the first
+  // EOS.
   auto eos_index = config_.eos_token_id == 2 ? input_ids.argmax(-1)
                                              : (input_ids == config_.eos_token_id).to(torch::kInt).argmax(-1);
   auto batch_index = torch::arange(input_ids.size(0), eos_index.options());

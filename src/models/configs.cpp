@@ -35,7 +35,8 @@ template <typename T>
 void require_value(const json& j, const char* key, const T& sd1_value, const std::string& source,
                    const std::string& what) {
   if (is_set(j, key) && j.at(key).get<T>() != sd1_value)
-    throw_file_error(source, std::string(key) + " = " + j.at(key).dump() + ": " + what + "; kiln supports SD 1.x only");
+    throw_file_error(
+        source, std::string(key) + " = " + j.at(key).dump() + ": " + what + "; kiln supports SD 1.x only");
 }
 
 bool all_positive(const std::vector<int64_t>& v) {
@@ -124,28 +125,32 @@ UNetConfig unet_config_from_json(const json& j, const std::string& source) {
     // Options that change the network away from SD 1.x's (diffusers UNet2DConditionModel arguments).
     if (is_set(j, "transformer_layers_per_block")) {
       const auto& t = j["transformer_layers_per_block"];
-      const bool one = t.is_array() ? std::all_of(t.begin(), t.end(), [](const json& x) { return x == 1; }) : t == 1;
-      require(one, source, "transformer_layers_per_block = " + t.dump() + " (SDXL-style); kiln supports SD 1.x only");
+      const bool one =
+          t.is_array() ? std::all_of(t.begin(), t.end(), [](const json& x) { return x == 1; }) : t == 1;
+      require(one, source,
+              "transformer_layers_per_block = " + t.dump() + " (SDXL-style); kiln supports SD 1.x only");
     }
     for (const char* key : {"class_embed_type", "num_class_embeds", "time_cond_proj_dim", "encoder_hid_dim",
                             "encoder_hid_dim_type", "time_embedding_dim"})
       require(!is_set(j, key), source, std::string(key) + " is set; kiln supports SD 1.x UNets only");
     if (is_set(j, "only_cross_attention")) {
       const auto& t = j["only_cross_attention"];
-      const bool any = t.is_array() ? std::any_of(t.begin(), t.end(), [](const json& x) { return x == true; }) : t == true;
+      const bool any =
+          t.is_array() ? std::any_of(t.begin(), t.end(), [](const json& x) { return x == true; }) : t == true;
       require(!any, source, "only_cross_attention is set; kiln supports SD 1.x UNets only");
     }
     require_value(j, "dual_cross_attention", false, source, "dual cross attention");
     require_value(j, "center_input_sample", false, source, "input centring");
     require_value(j, "act_fn", std::string("silu"), source, "activation");
-    require_value(j, "resnet_time_scale_shift", std::string("default"), source, "scale-shift time conditioning");
+    require_value(j, "resnet_time_scale_shift", std::string("default"), source,
+                  "scale-shift time conditioning");
     require_value(j, "mid_block_type", std::string("UNetMidBlock2DCrossAttn"), source, "mid block type");
     require_value(j, "time_embedding_type", std::string("positional"), source, "time embedding");
     require_value(j, "attention_type", std::string("default"), source, "attention type");
     require_value(j, "conv_in_kernel", int64_t{3}, source, "conv_in kernel");
     require_value(j, "conv_out_kernel", int64_t{3}, source, "conv_out kernel");
-    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 && c.layers_per_block > 0 &&
-                c.cross_attention_dim > 0,
+    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 &&
+                c.layers_per_block > 0 && c.cross_attention_dim > 0,
             source, "channel counts and layers_per_block must be positive");
     require(all_positive(c.num_attention_heads), source, "head counts must be positive");
     require(all_divisible(c.block_out_channels, c.norm_num_groups), source,
@@ -202,7 +207,8 @@ VAEConfig vae_config_from_json(const json& j, const std::string& source) {
                                     std::pair{"up_block_types", "UpDecoderBlock2D"}}) {
       if (!is_set(j, key)) continue;
       const auto types = j[key].get<std::vector<std::string>>();
-      require(types.size() == blocks, source, std::string(key) + " and block_out_channels disagree in length");
+      require(types.size() == blocks, source,
+              std::string(key) + " and block_out_channels disagree in length");
       for (const auto& t : types)
         require(t == type, source, std::string(key) + " has '" + t + "', not an SD 1.x VAE block");
     }
@@ -212,8 +218,8 @@ VAEConfig vae_config_from_json(const json& j, const std::string& source) {
     require_value(j, "mid_block_add_attention", true, source, "VAE without mid-block attention");
     require(!is_set(j, "shift_factor") || j["shift_factor"] == 0, source,
             "shift_factor is set (an SD3/Flux-style VAE); kiln supports SD 1.x only");
-    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 && c.latent_channels > 0 &&
-                c.layers_per_block > 0,
+    require(all_positive(c.block_out_channels) && c.in_channels > 0 && c.out_channels > 0 &&
+                c.latent_channels > 0 && c.layers_per_block > 0,
             source, "channel counts and layers_per_block must be positive");
     require(all_divisible(c.block_out_channels, c.norm_num_groups), source,
             "block_out_channels must be multiples of norm_num_groups");
@@ -298,10 +304,14 @@ ModelConfigs read_model_configs(const fs::path& path, ModelConfigs base) {
     if (!j.is_object()) throw_file_error(file, "config is not a JSON object");
     const std::string cls = j.value("_class_name", "");
     const bool is_clip = j.contains("architectures") || j.value("model_type", "") == "clip_text_model";
-    if (cls == "UNet2DConditionModel") base.unet = unet_config_from_json(j, file.string());
-    else if (cls == "AutoencoderKL") base.vae = vae_config_from_json(j, file.string());
-    else if (is_clip) base.text_encoder = clip_text_config_from_json(j, file.string());
-    else throw_file_error(file, "not a UNet, VAE or CLIP text encoder config (class '" + cls + "')");
+    if (cls == "UNet2DConditionModel")
+      base.unet = unet_config_from_json(j, file.string());
+    else if (cls == "AutoencoderKL")
+      base.vae = vae_config_from_json(j, file.string());
+    else if (is_clip)
+      base.text_encoder = clip_text_config_from_json(j, file.string());
+    else
+      throw_file_error(file, "not a UNet, VAE or CLIP text encoder config (class '" + cls + "')");
   };
   if (!fs::exists(path)) throw_file_error(path, "config path does not exist");
   if (fs::is_regular_file(path)) {

@@ -28,7 +28,7 @@ struct UNetConfig {
   double norm_eps = 1e-5;
   bool flip_sin_to_cos = true;
   int64_t freq_shift = 0;
-  int64_t sample_size = 64;          // latent side the model was trained at (512 px / 8)
+  int64_t sample_size = 64;            // latent side the model was trained at (512 px / 8)
   bool use_linear_projection = false;  // SD 2.x style; rejected by kiln's SD 1.x UNet
 
   bool operator==(const UNetConfig&) const = default;

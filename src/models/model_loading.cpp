@@ -35,7 +35,8 @@ void load_state_dict(torch::nn::Module& module, const StateDict& dict, const std
   std::vector<std::string> missing, unexpected, misshaped;
   for (const auto& [name, target] : targets) {
     auto it = dict.find(name);
-    if (it == dict.end()) missing.push_back(name);
+    if (it == dict.end())
+      missing.push_back(name);
     else if (it->second.sizes() != target.sizes())
       misshaped.push_back(name + " " + shape_string(it->second.sizes()) + " (model " +
                           shape_string(target.sizes()) + ")");
@@ -64,11 +65,11 @@ StableDiffusionModels build_models(const Checkpoint& checkpoint) {
   for (auto part : {Component::UNet, Component::TextEncoder, Component::VAE})
     if (checkpoint.component(part).empty())
       throw_file_error(checkpoint.source, "has no " + std::string(component_name(part)) + " weights");
-  if (!checkpoint.configs_complete)
-    throw_file_error(checkpoint.source, std::string(kHeadCountsUnknown));
+  if (!checkpoint.configs_complete) throw_file_error(checkpoint.source, std::string(kHeadCountsUnknown));
   StableDiffusionModels models(checkpoint.configs);
   load_state_dict(*models.unet, checkpoint.unet, checkpoint.source.string() + " (unet)");
-  load_state_dict(*models.text_encoder, checkpoint.text_encoder, checkpoint.source.string() + " (text encoder)");
+  load_state_dict(*models.text_encoder, checkpoint.text_encoder,
+                  checkpoint.source.string() + " (text encoder)");
   load_state_dict(*models.vae, checkpoint.vae, checkpoint.source.string() + " (vae)");
   models.unet->eval();
   models.text_encoder->eval();

@@ -26,8 +26,9 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias = true) {
 torch::Tensor timestep_embedding(const torch::Tensor& timesteps, int64_t dim, bool flip_sin_to_cos,
                                  double freq_shift) {
   const int64_t half = dim / 2;
-  auto exponent = -std::log(10000.0) *
-                  torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat32).device(timesteps.device()));
+  auto exponent =
+      -std::log(10000.0) *
+      torch::arange(0, half, torch::TensorOptions().dtype(torch::kFloat32).device(timesteps.device()));
   exponent = exponent / (static_cast<double>(half) - freq_shift);
   auto emb = timesteps.to(torch::kFloat32).unsqueeze(1) * exponent.exp().unsqueeze(0);  // [B, half]
   emb = torch::cat({emb.sin(), emb.cos()}, -1);
@@ -52,7 +53,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, 
   time_emb_proj = register_module("time_emb_proj", linear(temb_channels, out_channels));
   norm2 = register_module("norm2", group_norm(groups, out_channels, eps));
   conv2 = register_module("conv2", conv3x3(out_channels, out_channels));
-  if (in_channels != out_channels) conv_shortcut = register_module("conv_shortcut", conv1x1(in_channels, out_channels));
+  if (in_channels != out_channels)
+    conv_shortcut = register_module("conv_shortcut", conv1x1(in_channels, out_channels));
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
@@ -62,7 +64,8 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   return (conv_shortcut ? conv_shortcut(x) : x) + h;
 }
 
-CrossAttentionImpl::CrossAttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads) : heads_(heads) {
+CrossAttentionImpl::CrossAttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads)
+    : heads_(heads) {
   to_q = register_module("to_q", linear(query_dim, query_dim, false));
   to_k = register_module("to_k", linear(context_dim, query_dim, false));
   to_v = register_module("to_v", linear(context_dim, query_dim, false));
@@ -108,18 +111,20 @@ torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const t
   return ff(norm3(out)) + out;
 }
 
-Transformer2DModelImpl::Transformer2DModelImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups) {
+Transformer2DModelImpl::Transformer2DModelImpl(int64_t channels, int64_t heads, int64_t context_dim,
+                                               int64_t groups) {
   norm = register_module("norm", group_norm(groups, channels, 1e-6));
   proj_in = register_module("proj_in", conv1x1(channels, channels));
-  transformer_blocks =
-      register_module("transformer_blocks", torch::nn::ModuleList(BasicTransformerBlock(channels, heads, context_dim)));
+  transformer_blocks = register_module(
+      "transformer_blocks", torch::nn::ModuleList(BasicTransformerBlock(channels, heads, context_dim)));
   proj_out = register_module("proj_out", conv1x1(channels, channels));
 }
 
 torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = proj_in(norm(x)).permute({0, 2, 3, 1}).reshape({b, h * w, c});  // [B, HW, C]
-  for (const auto& block : *transformer_blocks) tokens = block->as<BasicTransformerBlock>()->forward(tokens, context);
+  for (const auto& block : *transformer_blocks)
+    tokens = block->as<BasicTransformerBlock>()->forward(tokens, context);
   // contiguous() as diffusers does: a channels-last view would send proj_out (and everything after the
   // residual add) down other conv kernels with other rounding.
   auto out = tokens.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
@@ -132,17 +137,22 @@ Downsample2DImpl::Downsample2DImpl(int64_t channels) {
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) { return conv(x); }
 
-Upsample2DImpl::Upsample2DImpl(int64_t channels) { conv = register_module("conv", conv3x3(channels, channels)); }
+Upsample2DImpl::Upsample2DImpl(int64_t channels) {
+  conv = register_module("conv", conv3x3(channels, channels));
+}
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, c10::optional<std::vector<int64_t>> size) {
   auto options = F::InterpolateFuncOptions().mode(torch::kNearest);
-  if (size) options.size(*size);
-  else options.scale_factor(std::vector<double>{2.0, 2.0});
+  if (size)
+    options.size(*size);
+  else
+    options.scale_factor(std::vector<double>{2.0, 2.0});
   return conv(F::interpolate(x, options));
 }
 
-DownBlockImpl::DownBlockImpl(int64_t in_channels, int64_t out_channels, int64_t temb_channels, bool has_attention,
-                             bool add_downsample, int64_t heads, const UNetConfig& config) {
+DownBlockImpl::DownBlockImpl(int64_t in_channels, int64_t out_channels, int64_t temb_channels,
+                             bool has_attention, bool add_downsample, int64_t heads,
+                             const UNetConfig& config) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   attentions = register_module("attentions", torch::nn::ModuleList());
   downsamplers = register_module("downsamplers", torch::nn::ModuleList());
@@ -170,18 +180,20 @@ torch::Tensor DownBlockImpl::forward(torch::Tensor x, const torch::Tensor& temb,
   return x;
 }
 
-UpBlockImpl::UpBlockImpl(int64_t in_channels, int64_t prev_channels, int64_t out_channels, int64_t temb_channels,
-                         bool has_attention, bool add_upsample, int64_t heads, const UNetConfig& config) {
+UpBlockImpl::UpBlockImpl(int64_t in_channels, int64_t prev_channels, int64_t out_channels,
+                         int64_t temb_channels, bool has_attention, bool add_upsample, int64_t heads,
+                         const UNetConfig& config) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   attentions = register_module("attentions", torch::nn::ModuleList());
   upsamplers = register_module("upsamplers", torch::nn::ModuleList());
   const int64_t layers = config.layers_per_block + 1;
   for (int64_t i = 0; i < layers; ++i) {
-    // diffusers: the last resnet meets the block's input-side skip, the first meets the previous block's output.
+    // diffusers: the last resnet meets the block's input-side skip, the first meets the previous block's
+    // output.
     const int64_t skip_channels = i == layers - 1 ? in_channels : out_channels;
     const int64_t resnet_in = i == 0 ? prev_channels : out_channels;
-    resnets->push_back(ResnetBlock2D(resnet_in + skip_channels, out_channels, temb_channels, config.norm_num_groups,
-                                     config.norm_eps));
+    resnets->push_back(ResnetBlock2D(resnet_in + skip_channels, out_channels, temb_channels,
+                                     config.norm_num_groups, config.norm_eps));
     if (has_attention)
       attentions->push_back(
           Transformer2DModel(out_channels, heads, config.cross_attention_dim, config.norm_num_groups));
@@ -202,15 +214,19 @@ torch::Tensor UpBlockImpl::forward(torch::Tensor x, const torch::Tensor& temb, c
   return x;
 }
 
-UNetMidBlockImpl::UNetMidBlockImpl(int64_t channels, int64_t temb_channels, int64_t heads, const UNetConfig& config) {
+UNetMidBlockImpl::UNetMidBlockImpl(int64_t channels, int64_t temb_channels, int64_t heads,
+                                   const UNetConfig& config) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   attentions = register_module("attentions", torch::nn::ModuleList());
   for (int i = 0; i < 2; ++i)
-    resnets->push_back(ResnetBlock2D(channels, channels, temb_channels, config.norm_num_groups, config.norm_eps));
-  attentions->push_back(Transformer2DModel(channels, heads, config.cross_attention_dim, config.norm_num_groups));
+    resnets->push_back(
+        ResnetBlock2D(channels, channels, temb_channels, config.norm_num_groups, config.norm_eps));
+  attentions->push_back(
+      Transformer2DModel(channels, heads, config.cross_attention_dim, config.norm_num_groups));
 }
 
-torch::Tensor UNetMidBlockImpl::forward(torch::Tensor x, const torch::Tensor& temb, const torch::Tensor& context) {
+torch::Tensor UNetMidBlockImpl::forward(torch::Tensor x, const torch::Tensor& temb,
+                                        const torch::Tensor& context) {
   x = resnets[0]->as<ResnetBlock2D>()->forward(x, temb);
   x = attentions[0]->as<Transformer2DModel>()->forward(x, context);
   return resnets[1]->as<ResnetBlock2D>()->forward(x, temb);
@@ -233,10 +249,11 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   for (int64_t i = 0; i < blocks; ++i) {
     const int64_t in = channels;
     channels = widths[i];
-    down_blocks->push_back(DownBlock(in, channels, time_dim, config.down_block_has_attention[i], i + 1 < blocks,
-                                     config.num_attention_heads[i], config));
+    down_blocks->push_back(DownBlock(in, channels, time_dim, config.down_block_has_attention[i],
+                                     i + 1 < blocks, config.num_attention_heads[i], config));
   }
-  mid_block = register_module("mid_block", UNetMidBlock(widths.back(), time_dim, config.num_attention_heads.back(), config));
+  mid_block = register_module(
+      "mid_block", UNetMidBlock(widths.back(), time_dim, config.num_attention_heads.back(), config));
 
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   int64_t prev = widths.back();
@@ -247,12 +264,14 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
                                  config.num_attention_heads[blocks - 1 - i], config));
     prev = out;
   }
-  conv_norm_out = register_module("conv_norm_out", group_norm(config.norm_num_groups, widths[0], config.norm_eps));
+  conv_norm_out =
+      register_module("conv_norm_out", group_norm(config.norm_num_groups, widths[0], config.norm_eps));
   conv_out = register_module("conv_out", conv3x3(widths[0], config.out_channels));
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, const torch::Tensor& timestep,
-                                                const torch::Tensor& encoder_hidden_states, Activations* activations) {
+                                                const torch::Tensor& encoder_hidden_states,
+                                                Activations* activations) {
   const int64_t batch = sample.size(0);
   auto timesteps = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
   timesteps = timesteps.to(sample.device()).expand({batch});

@@ -22,7 +22,8 @@ TORCH_MODULE(TimestepEmbedding);
 
 // ResnetBlock2D with time conditioning; conv_shortcut only when the width changes.
 struct ResnetBlock2DImpl : torch::nn::Module {
-  ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t temb_channels, int64_t groups, double eps);
+  ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t temb_channels, int64_t groups,
+                    double eps);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb);
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};

@@ -20,7 +20,8 @@ torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels) {
 // Holds a single "conv" child so the key reads downsamplers.0.conv / upsamplers.0.conv.
 struct ResampleImpl : torch::nn::Module {
   ResampleImpl(int64_t channels, bool down) : down_(down) {
-    conv_ = register_module("conv", down ? conv(channels, channels, 3, 2, 0) : conv(channels, channels, 3, 1, 1));
+    conv_ =
+        register_module("conv", down ? conv(channels, channels, 3, 2, 0) : conv(channels, channels, 3, 1, 1));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     if (down_) return conv_(F::pad(x, F::PadFuncOptions({0, 1, 0, 1})));  // asymmetric pad, as in LDM
@@ -77,8 +78,8 @@ torch::Tensor VAEMidBlockImpl::forward(const torch::Tensor& x) {
   return resnets[1]->as<VAEResnetBlock>()->forward(h);
 }
 
-VAEBlockImpl::VAEBlockImpl(int64_t in_channels, int64_t out_channels, int64_t layers, int64_t groups, bool downsample,
-                           bool upsample) {
+VAEBlockImpl::VAEBlockImpl(int64_t in_channels, int64_t out_channels, int64_t layers, int64_t groups,
+                           bool downsample, bool upsample) {
   resnets = register_module("resnets", torch::nn::ModuleList());
   for (int64_t i = 0; i < layers; ++i)
     resnets->push_back(VAEResnetBlock(i == 0 ? in_channels : out_channels, out_channels, groups));
@@ -126,7 +127,8 @@ VAEDecoderImpl::VAEDecoderImpl(const VAEConfig& c) {
   int64_t channels = widths.back();
   for (size_t i = 0; i < blocks; ++i) {
     const int64_t out = widths[blocks - 1 - i];
-    up_blocks->push_back(VAEBlock(channels, out, c.layers_per_block + 1, c.norm_num_groups, false, i + 1 < blocks));
+    up_blocks->push_back(
+        VAEBlock(channels, out, c.layers_per_block + 1, c.norm_num_groups, false, i + 1 < blocks));
     channels = out;
   }
   conv_norm_out = register_module("conv_norm_out", group_norm(c.norm_num_groups, channels));
@@ -143,7 +145,8 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VAEConfig& config) : config_(config) 
   encoder = register_module("encoder", VAEEncoder(config));
   decoder = register_module("decoder", VAEDecoder(config));
   quant_conv = register_module("quant_conv", conv(2 * config.latent_channels, 2 * config.latent_channels, 1));
-  post_quant_conv = register_module("post_quant_conv", conv(config.latent_channels, config.latent_channels, 1));
+  post_quant_conv =
+      register_module("post_quant_conv", conv(config.latent_channels, config.latent_channels, 1));
 }
 
 DiagonalGaussian AutoencoderKLImpl::encode(const torch::Tensor& image) {
@@ -156,6 +159,8 @@ DiagonalGaussian AutoencoderKLImpl::encode(const torch::Tensor& image) {
   return g;
 }
 
-torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& latent) { return decoder(post_quant_conv(latent)); }
+torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& latent) {
+  return decoder(post_quant_conv(latent));
+}
 
 }  // namespace kiln

@@ -43,7 +43,8 @@ TORCH_MODULE(VAEBlock);
 
 struct VAEEncoderImpl : torch::nn::Module {
   explicit VAEEncoderImpl(const VAEConfig& config);
-  torch::Tensor forward(const torch::Tensor& x);  // [B,3,H,W] -> moments before quant_conv [B,2*latent,H/8,W/8]
+  torch::Tensor forward(
+      const torch::Tensor& x);  // [B,3,H,W] -> moments before quant_conv [B,2*latent,H/8,W/8]
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::ModuleList down_blocks;
   VAEMidBlock mid_block{nullptr};

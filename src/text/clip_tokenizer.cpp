@@ -1107,11 +1107,10 @@ void write_clip_tokenizer_folder(const std::filesystem::path& dir) {
   };
   write("vocab.json", vocab.dump(2));
   write("merges.txt", std::string(kiln_clip_merges_begin, kiln_clip_merges_end));
-  const nlohmann::ordered_json special = {
-      {"bos_token", std::string(CLIPTokenizer::kBosToken)},
-      {"eos_token", std::string(CLIPTokenizer::kEosToken)},
-      {"pad_token", std::string(CLIPTokenizer::kEosToken)},
-      {"unk_token", std::string(CLIPTokenizer::kEosToken)}};
+  const nlohmann::ordered_json special = {{"bos_token", std::string(CLIPTokenizer::kBosToken)},
+                                          {"eos_token", std::string(CLIPTokenizer::kEosToken)},
+                                          {"pad_token", std::string(CLIPTokenizer::kEosToken)},
+                                          {"unk_token", std::string(CLIPTokenizer::kEosToken)}};
   write("special_tokens_map.json", special.dump(2));
   nlohmann::ordered_json config = special;
   config["tokenizer_class"] = "CLIPTokenizer";

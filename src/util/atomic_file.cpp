@@ -78,8 +78,7 @@ void write_text_atomically(const fs::path& target, std::string_view text) {
   });
 }
 
-void write_directory_atomically(const fs::path& target,
-                                const std::function<void(const fs::path&)>& build) {
+void write_directory_atomically(const fs::path& target, const std::function<void(const fs::path&)>& build) {
   const fs::path tmp = sibling_path(target, "tmp");
   const fs::path old = sibling_path(target, "old");
   std::error_code ec;

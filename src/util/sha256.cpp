@@ -26,7 +26,8 @@ class Sha256 {
       throw Error("sha256: OpenSSL could not initialise a SHA-256 context");
   }
   void update(const void* data, size_t size) {
-    if (size > 0 && EVP_DigestUpdate(ctx_.get(), data, size) != 1) throw Error("sha256: OpenSSL update failed");
+    if (size > 0 && EVP_DigestUpdate(ctx_.get(), data, size) != 1)
+      throw Error("sha256: OpenSSL update failed");
   }
   std::string hex() {
     unsigned char digest[EVP_MAX_MD_SIZE];
@@ -71,7 +72,8 @@ std::string sha256_file(const std::filesystem::path& path) {
     h.update(buffer.data(), got);
     if (got < buffer.size()) break;
   }
-  if (std::ferror(f.get())) throw_file_error(path, std::string("read error while hashing: ") + std::strerror(errno));
+  if (std::ferror(f.get()))
+    throw_file_error(path, std::string("read error while hashing: ") + std::strerror(errno));
   return h.hex();
 }
 
@@ -80,8 +82,10 @@ std::string a1111_legacy_hash(const std::filesystem::path& path) {
   std::vector<unsigned char> buffer(kLegacyLength);
   // Like Python's file.read past EOF, a short file simply yields fewer (possibly zero) bytes.
   size_t got = 0;
-  if (std::fseek(f.get(), kLegacyOffset, SEEK_SET) == 0) got = std::fread(buffer.data(), 1, buffer.size(), f.get());
-  if (std::ferror(f.get())) throw_file_error(path, std::string("read error while hashing: ") + std::strerror(errno));
+  if (std::fseek(f.get(), kLegacyOffset, SEEK_SET) == 0)
+    got = std::fread(buffer.data(), 1, buffer.size(), f.get());
+  if (std::ferror(f.get()))
+    throw_file_error(path, std::string("read error while hashing: ") + std::strerror(errno));
   Sha256 h;
   h.update(buffer.data(), got);
   return h.hex().substr(0, 8);

@@ -62,7 +62,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Structured mode, so mutations explore the JSON instead of mostly breaking the length field:
     // input = mode, 2-byte data-section length, JSON header. The data bytes themselves are never read.
     if (input.size() < 2) return 0;
-    const uint64_t data_size = static_cast<uint8_t>(input[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(input[1])) << 8);
+    const uint64_t data_size =
+        static_cast<uint8_t>(input[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(input[1])) << 8);
     const std::string_view json = input.substr(2);
     std::string prefix(8, '\0');
     const uint64_t n = json.size();

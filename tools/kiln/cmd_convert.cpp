@@ -36,7 +36,8 @@ void add_convert_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("convert", "Convert a checkpoint between layouts and precisions");
   cmd->add_option("IN", options->in, "checkpoint: .safetensors file or diffusers folder")->required();
   cmd->add_option("OUT", options->out, "output .safetensors file (ldm) or folder (diffusers)")->required();
-  cmd->add_option("--layout", options->layout, "output layout")->check(CLI::IsMember({"ldm", "diffusers"}))
+  cmd->add_option("--layout", options->layout, "output layout")
+      ->check(CLI::IsMember({"ldm", "diffusers"}))
       ->capture_default_str();
   cmd->add_option("--dtype", options->dtype, "output precision of floating tensors (default: as stored)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));

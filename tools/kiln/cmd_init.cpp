@@ -36,12 +36,15 @@ void add_init_command(CLI::App& app) {
   auto options = std::make_shared<InitOptions>();
   auto* cmd = app.add_subcommand("init", "Write a randomly initialised model of a known architecture");
   cmd->add_option("OUT", options->out, "output .safetensors file (ldm) or folder (diffusers)")->required();
-  cmd->add_option("--arch", options->arch, "architecture")->check(CLI::IsMember({"sd15", "tiny"}))
+  cmd->add_option("--arch", options->arch, "architecture")
+      ->check(CLI::IsMember({"sd15", "tiny"}))
       ->capture_default_str();
   cmd->add_option("--seed", options->seed, "random seed")->capture_default_str();
-  cmd->add_option("--layout", options->layout, "checkpoint layout")->check(CLI::IsMember({"ldm", "diffusers"}))
+  cmd->add_option("--layout", options->layout, "checkpoint layout")
+      ->check(CLI::IsMember({"ldm", "diffusers"}))
       ->capture_default_str();
-  cmd->add_option("--dtype", options->dtype, "stored precision")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+  cmd->add_option("--dtype", options->dtype, "stored precision")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
   cmd->callback([options] { run_init(*options); });
 }

@@ -58,7 +58,8 @@ json inspect(const InspectOptions& o) {
   report["architecture"] = checkpoint.architecture;
   json components = json::object();
   if (!checkpoint.unet.empty()) components["unet"] = describe_tensors(checkpoint.unet);
-  if (!checkpoint.text_encoder.empty()) components["text_encoder"] = describe_tensors(checkpoint.text_encoder);
+  if (!checkpoint.text_encoder.empty())
+    components["text_encoder"] = describe_tensors(checkpoint.text_encoder);
   if (!checkpoint.vae.empty()) components["vae"] = describe_tensors(checkpoint.vae);
   if (!checkpoint.extra.empty()) components["other"] = describe_tensors(checkpoint.extra);
   report["components"] = components;
@@ -89,7 +90,8 @@ void print_human(const json& r) {
     for (const auto& [dtype, count] : c["dtypes"].items())
       dtypes += fmt::format("{}{} x{}", dtypes.empty() ? "" : ", ", dtype, count.get<int64_t>());
     std::cout << fmt::format("    {:<13} {:>5} tensors {:>15} parameters  ({})\n", name,
-                             c["tensors"].get<int64_t>(), with_thousands(c["parameters"].get<int64_t>()), dtypes);
+                             c["tensors"].get<int64_t>(), with_thousands(c["parameters"].get<int64_t>()),
+                             dtypes);
   }
   if (!r["metadata"].empty()) {
     std::cout << "  metadata\n";
@@ -105,8 +107,10 @@ void print_human(const json& r) {
 
 void add_inspect_command(CLI::App& app) {
   auto options = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show what a checkpoint holds: layout, components, dtypes, hashes");
-  cmd->add_option("FILE_OR_FOLDER", options->path, "checkpoint: .safetensors file or diffusers folder")->required();
+  auto* cmd =
+      app.add_subcommand("inspect", "Show what a checkpoint holds: layout, components, dtypes, hashes");
+  cmd->add_option("FILE_OR_FOLDER", options->path, "checkpoint: .safetensors file or diffusers folder")
+      ->required();
   cmd->add_option("--config", options->config, "diffusers model folder or component config.json");
   cmd->add_flag("--json", options->as_json, "machine-readable output");
   cmd->callback([options] {
