@@ -200,21 +200,11 @@ Checkpoint read_ldm(const fs::path& path) {
   return ckpt;
 }
 
-json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw_file_error(path, "cannot open");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw_file_error(path, std::string("not valid JSON: ") + e.what());
-  }
-}
-
 Checkpoint read_diffusers(const fs::path& dir) {
   if (fs::exists(dir / "text_encoder_2") || fs::exists(dir / "tokenizer_2"))
     throw_file_error(dir, "looks like an SDXL diffusers folder (text_encoder_2); kiln supports SD 1.x only");
   if (fs::exists(dir / "model_index.json")) {
-    const json index = read_json(dir / "model_index.json");
+    const json index = read_json_file(dir / "model_index.json");
     const std::string cls = index.is_object() ? index.value("_class_name", "") : "";
     if (contains(cls, "XL"))
       throw_file_error(dir / "model_index.json", "'" + cls + "' is SDXL; kiln supports SD 1.x only");
@@ -377,7 +367,7 @@ Widths widths(const ModelConfigs& c, Component part) {
 std::set<Component> configured_components(const fs::path& path) {
   std::set<Component> found;
   auto classify = [&](const fs::path& file) {
-    const json j = read_json(file);
+    const json j = read_json_file(file);
     if (!j.is_object()) return;
     const std::string cls = j.value("_class_name", "");
     if (cls == "UNet2DConditionModel")

@@ -47,6 +47,8 @@ bool all_divisible(const std::vector<int64_t>& v, int64_t by) {
   return by > 0 && std::all_of(v.begin(), v.end(), [&](int64_t x) { return x % by == 0; });
 }
 
+}  // namespace
+
 json read_json_file(const fs::path& path) {
   std::ifstream in(path);
   if (!in) throw_file_error(path, "cannot open");
@@ -56,8 +58,6 @@ json read_json_file(const fs::path& path) {
     throw_file_error(path, std::string("not valid JSON: ") + e.what());
   }
 }
-
-}  // namespace
 
 ModelConfigs sd15_configs() { return {}; }
 

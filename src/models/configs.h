@@ -89,6 +89,9 @@ nlohmann::json to_json(const UNetConfig& c);
 nlohmann::json to_json(const CLIPTextConfig& c);
 nlohmann::json to_json(const VAEConfig& c);
 
+// Parses a JSON file; a missing file or bad JSON throws kiln::Error naming `path`.
+nlohmann::json read_json_file(const std::filesystem::path& path);
+
 // Reads `--config PATH`: a diffusers model folder (with unet/, text_encoder/, vae/ config.json)
 // or a single component config.json (whose class name decides the component). Components not
 // found keep the values in `base`.
