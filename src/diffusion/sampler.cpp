@@ -1,0 +1,30 @@
+#include "diffusion/sampler.h"
+
+#include "diffusion/ddim.h"
+#include "diffusion/dpmpp_2m.h"
+#include "diffusion/euler.h"
+#include "diffusion/euler_ancestral.h"
+#include "util/error.h"
+
+namespace kiln {
+
+std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedule& schedule,
+                                      SamplerOptions o) {
+  // Defaults follow what diffusers resolves from SD 1.5's scheduler config for each class.
+  auto spacing = [&](TimestepSpacing fallback) {
+    return o.spacing.empty() ? fallback : parse_spacing(o.spacing);
+  };
+  if (name == "ddim")
+    return std::make_unique<DDIMSampler>(schedule, o.steps, spacing(TimestepSpacing::Leading));
+  if (name == "euler")
+    return std::make_unique<EulerSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace), o.karras);
+  if (name == "euler_a")
+    return std::make_unique<EulerAncestralSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace),
+                                                   o.karras);
+  if (name == "dpmpp_2m" || name == "dpmpp_2m_karras")
+    return std::make_unique<DPMPP2MSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace),
+                                            o.karras || name == "dpmpp_2m_karras");
+  throw Error("unknown sampler '" + name + "' (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras)");
+}
+
+}  // namespace kiln
