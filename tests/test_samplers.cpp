@@ -10,6 +10,8 @@
 
 #include "diffusion/dpmpp_2m.h"
 #include "diffusion/euler.h"
+#include "diffusion/heun.h"
+#include "diffusion/seeded_noise.h"
 #include "diffusion/sampler.h"
 #include "golden_compare.h"
 #include "util/error.h"
@@ -152,6 +154,83 @@ TEST(Samplers, WholeLoopWithKilnsUNetAndGuidance) {
               << golden.tensor(p + "latents")[7].abs().max().item<double>() << "), image max abs "
               << test::max_abs_error(image, golden.tensor(p + "decoded_image")) << "\n";
   }
+}
+
+// Every noise tensor diffusers' Euler ancestral drew came from torch.Generator().manual_seed(1234)
+// in [1, 4, 16, 16] draws; the UNet golden inputs are one generator seeded 1 (sample, then context).
+TEST(SeededNoise, DrawsWhatTorchsCpuGeneratorDraws) {
+  const auto samplers = test::golden_file("samplers.safetensors");
+  const auto recorded = samplers.tensor("euler_ancestral.noise");
+  SeededNoise noise(1234, 1);
+  for (int64_t i = 0; i < recorded.size(0); ++i)
+    EXPECT_TRUE(all_close(noise.randn({4, 16, 16}), recorded[i], test::kExact, "draw " + std::to_string(i)));
+
+  const auto unet = test::golden_file("unet.safetensors");
+  const auto sample = unet.tensor("sample"), context = unet.tensor("encoder_hidden_states");
+  at::Generator generator = at::detail::createCPUGenerator(1);
+  EXPECT_TRUE(all_close(torch::randn(sample.sizes(), generator), sample, test::kExact, "unet sample"));
+  EXPECT_TRUE(all_close(torch::randn(context.sizes(), generator), context, test::kExact, "unet context"));
+}
+
+// The samplers' golden initial latent is torch.randn([1, 4, 16, 16]) from a generator seeded 3:
+// `--seed 3` starts kiln's 128x128 txt2img exactly where diffusers started.
+TEST(SeededNoise, Seed3GivesTheGoldenInitialLatent) {
+  const auto golden = test::golden_file("samplers.safetensors");
+  SeededNoise noise(3, 1);
+  EXPECT_TRUE(all_close(noise.randn({4, 16, 16}), golden.tensor("init_latents"), test::kExact, "init_latents"));
+}
+
+TEST(SeededNoise, ImageBOfABatchUsesSeedPlusB) {
+  SeededNoise batch(41, 3), single(42, 1);
+  EXPECT_EQ(batch.seed(2), 43u);
+  const auto first = batch.randn({4, 8, 8}), again = batch.randn({4, 8, 8});
+  EXPECT_TRUE(torch::equal(first[1], single.randn({4, 8, 8})[0]));
+  EXPECT_TRUE(torch::equal(again[1], single.randn({4, 8, 8})[0]));  // streams continue per image
+  EXPECT_FALSE(torch::equal(first[0], first[1]));
+}
+
+// Heun visits each interior σ twice (predictor, corrector), as diffusers' HeunDiscreteScheduler:
+// its tables are Euler's (golden-exact above) interleaved.
+TEST(Heun, TablesAreEulersWithInteriorEntriesRepeated) {
+  const NoiseSchedule schedule;
+  const auto golden = golden_json("schedulers.json")["steps_8"]["euler_linspace_default"];
+  HeunSampler heun(schedule, 8, TimestepSpacing::Linspace, false);
+  const auto t = golden["timesteps"].get<std::vector<double>>();
+  const auto sigmas = golden["sigmas"].get<std::vector<float>>();
+  std::vector<double> want_t{t[0]};
+  std::vector<float> want_sigmas{sigmas[0]};
+  for (size_t i = 1; i < t.size(); ++i) want_t.insert(want_t.end(), {t[i], t[i]});
+  for (size_t i = 1; i + 1 < sigmas.size(); ++i) want_sigmas.insert(want_sigmas.end(), {sigmas[i], sigmas[i]});
+  want_sigmas.push_back(0.0f);
+  ASSERT_EQ(heun.timesteps().size(), 15u);
+  for (size_t i = 0; i < want_t.size(); ++i) EXPECT_EQ(heun.timesteps()[i], static_cast<float>(want_t[i]));
+  EXPECT_TRUE(all_close(heun.sigmas(), torch::tensor(want_sigmas), test::kExact, "heun sigmas"));
+  EXPECT_EQ(heun.init_noise_sigma(), golden["init_noise_sigma"].get<float>());
+}
+
+// On an ODE with a closed form, Heun's error must shrink with the square of the step (Euler's only
+// linearly): dx/dσ = ε(x, σ) = x·σ/(1 + σ²) has x(σ) = x(σ₀)·√((1 + σ²)/(1 + σ₀²)).
+double final_error(const std::string& name, int64_t steps) {
+  const NoiseSchedule schedule;
+  auto sampler = make_sampler(name, schedule, {steps, "", true});
+  auto x = torch::ones({1}, torch::kFloat64) * sampler->init_noise_sigma();
+  const double start = x.item<double>(), sigma0 = sampler->init_noise_sigma();
+  for (size_t i = 0; i < sampler->steps(); ++i) {
+    const double sigma = name == "heun" ? dynamic_cast<HeunSampler&>(*sampler).sigmas()[i].item<double>()
+                                        : dynamic_cast<EulerSampler&>(*sampler).sigmas()[i].item<double>();
+    x = sampler->step(x * sigma / (1 + sigma * sigma), i, x);
+  }
+  return std::abs(x.item<double>() - start / std::sqrt(1 + sigma0 * sigma0));
+}
+
+TEST(Heun, ConvergesWithSecondOrder) {
+  const double heun_10 = final_error("heun", 10), heun_40 = final_error("heun", 40);
+  const double euler_10 = final_error("euler", 10), euler_40 = final_error("euler", 40);
+  std::cout << "[ errors ] heun " << heun_10 << " -> " << heun_40 << ", euler " << euler_10 << " -> "
+            << euler_40 << "\n";
+  EXPECT_GT(heun_10 / heun_40, 10.0);  // ~16 for a second-order method over 4x finer steps
+  EXPECT_LT(euler_10 / euler_40, 6.0);
+  EXPECT_LT(heun_40, euler_40 / 10);
 }
 
 TEST(Samplers, UnknownNameListsTheKnownOnes) {

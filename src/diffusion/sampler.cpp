@@ -4,9 +4,12 @@
 #include "diffusion/dpmpp_2m.h"
 #include "diffusion/euler.h"
 #include "diffusion/euler_ancestral.h"
+#include "diffusion/heun.h"
 #include "util/error.h"
 
 namespace kiln {
+
+std::string sampler_names() { return "ddim, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras"; }
 
 std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedule& schedule,
                                       SamplerOptions o) {
@@ -24,7 +27,9 @@ std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedu
   if (name == "dpmpp_2m" || name == "dpmpp_2m_karras")
     return std::make_unique<DPMPP2MSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace),
                                             o.karras || name == "dpmpp_2m_karras");
-  throw Error("unknown sampler '" + name + "' (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras)");
+  if (name == "heun")
+    return std::make_unique<HeunSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace), o.karras);
+  throw Error("unknown sampler '" + name + "' (" + sampler_names() + ")");
 }
 
 }  // namespace kiln

@@ -1,14 +1,63 @@
 #include "models/attention.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "util/error.h"
+
 namespace kiln {
 
+bool fused_attention_available() {
+#if TORCH_VERSION_MAJOR >= 2
+  return true;
+#else
+  return false;
+#endif
+}
+
+AttentionKernel parse_attention_kernel(const std::string& name) {
+  if (name == "auto") return AttentionKernel::Auto;
+  if (name == "plain") return AttentionKernel::Plain;
+  if (name == "chunked") return AttentionKernel::Chunked;
+  if (name == "fused") {
+    if (!fused_attention_available())
+      throw Error("attention 'fused' needs libtorch >= 2 (this build has " TORCH_VERSION
+                  "); use auto, plain or chunked");
+    return AttentionKernel::Fused;
+  }
+  throw Error("unknown attention kernel '" + name + "' (auto, plain, chunked, fused)");
+}
+
+std::string attention_kernel_name(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::Auto: return "auto";
+    case AttentionKernel::Plain: return "plain";
+    case AttentionKernel::Chunked: return "chunked";
+    case AttentionKernel::Fused: return "fused";
+  }
+  return "?";
+}
+
+namespace {
+
+// softmax(q kᵀ · scale + mask) v on [B, H, L, D] tensors. bmm then scale: never baddbmm over
+// uninitialised memory (a libtorch 1.13 CPU defect turns it into NaN).
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
+                     const std::optional<torch::Tensor>& mask) {
+  auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;
+  if (mask) scores = scores + *mask;
+  return torch::matmul(scores.softmax(-1), v);
+}
+
+}  // namespace
+
 torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   int64_t num_heads, const std::optional<torch::Tensor>& mask) {
+                                   int64_t num_heads, const std::optional<torch::Tensor>& mask,
+                                   const AttentionOptions& options) {
   const int64_t batch = q.size(0), q_len = q.size(1), k_len = k.size(1), channels = q.size(2);
   TORCH_CHECK(channels % num_heads == 0, "attention width ", channels, " not divisible by ", num_heads,
               " heads");
@@ -17,12 +66,35 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
   auto split = [&](const torch::Tensor& t, int64_t len) {
     return t.reshape({batch, len, num_heads, head_dim}).permute({0, 2, 1, 3});  // [B, H, L, D]
   };
-  // bmm then scale (never baddbmm over uninitialised memory: a libtorch 1.13 CPU defect turns it into NaN).
-  auto scores = torch::matmul(split(q, q_len), split(k, k_len).transpose(-1, -2)) * scale;  // [B, H, Lq, Lk]
-  if (mask) scores = scores + *mask;
-  auto probs = scores.softmax(-1);
-  auto out = torch::matmul(probs, split(v, k_len));  // [B, H, Lq, D]
-  return out.permute({0, 2, 1, 3}).reshape({batch, q_len, channels});
+  auto merge = [&](const torch::Tensor& t) {
+    return t.permute({0, 2, 1, 3}).reshape({batch, q_len, channels});
+  };
+  auto qh = split(q, q_len), kh = split(k, k_len), vh = split(v, k_len);
+
+  auto kernel = options.kernel;
+  if (kernel == AttentionKernel::Auto)
+    kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Chunked;
+#if TORCH_VERSION_MAJOR >= 2
+  if (kernel == AttentionKernel::Fused) {
+    std::optional<torch::Tensor> fused_mask;
+    if (mask) fused_mask = mask->expand({batch, num_heads, q_len, k_len});
+    return merge(at::scaled_dot_product_attention(qh, kh, vh, fused_mask, 0.0, false));
+  }
+#endif
+  const int64_t row_bytes = batch * num_heads * k_len * static_cast<int64_t>(q.element_size());
+  if (kernel != AttentionKernel::Chunked || q_len * row_bytes <= options.chunk_bytes)
+    return merge(attend(qh, kh, vh, scale, mask));
+
+  // Query rows are independent: slice them so only one slice's scores exist at a time.
+  const int64_t rows = std::max<int64_t>(1, options.chunk_bytes / row_bytes);
+  auto out = torch::empty({batch, num_heads, q_len, head_dim}, q.options());
+  for (int64_t start = 0; start < q_len; start += rows) {
+    const int64_t end = std::min(q_len, start + rows);
+    std::optional<torch::Tensor> mask_rows;
+    if (mask) mask_rows = mask->size(-2) == 1 ? *mask : mask->slice(-2, start, end);
+    out.slice(2, start, end).copy_(attend(qh.slice(2, start, end), kh, vh, scale, mask_rows));
+  }
+  return merge(out);
 }
 
 torch::Tensor causal_attention_mask(int64_t length, torch::ScalarType dtype, torch::Device device) {

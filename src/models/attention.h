@@ -3,14 +3,31 @@
 #include <torch/types.h>
 
 #include <optional>
+#include <string>
 
 namespace kiln {
+
+// How attention is computed. All give the same result within fp32 rounding; they differ in memory:
+// Plain materialises every score ([B, H, Lq, Lk]: 1 GiB per UNet layer for a 512² image),
+// Chunked walks the queries in slices whose scores fit `chunk_bytes`, Fused is libtorch ≥ 2's
+// scaled_dot_product_attention (flash / memory-efficient kernels). Auto: Fused where libtorch has
+// it, Chunked otherwise.
+enum class AttentionKernel { Auto, Plain, Chunked, Fused };
+AttentionKernel parse_attention_kernel(const std::string& name);  // auto | plain | chunked | fused
+std::string attention_kernel_name(AttentionKernel kernel);
+bool fused_attention_available();
+
+struct AttentionOptions {
+  AttentionKernel kernel = AttentionKernel::Auto;
+  int64_t chunk_bytes = int64_t{64} << 20;  // score memory per slice for Chunked
+};
 
 // q: [B, Lq, H*D], k/v: [B, Lk, H*D] -> [B, Lq, H*D]; softmax(q kᵀ · D^-0.5 + mask) v per head.
 // `mask` (optional) is additive and broadcast to [B, H, Lq, Lk] (e.g. the causal mask of CLIP).
 torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                    int64_t num_heads,
-                                   const std::optional<torch::Tensor>& mask = std::nullopt);
+                                   const std::optional<torch::Tensor>& mask = std::nullopt,
+                                   const AttentionOptions& options = {});
 
 // Additive causal mask [L, L]: 0 on and below the diagonal, the dtype's lowest value above it
 // (what transformers' CLIP builds), so token i attends to tokens j <= i.

@@ -73,7 +73,7 @@ CrossAttentionImpl::CrossAttentionImpl(int64_t query_dim, int64_t context_dim, i
 }
 
 torch::Tensor CrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
-  auto out = multi_head_attention(to_q(x), to_k(context), to_v(context), heads_);
+  auto out = multi_head_attention(to_q(x), to_k(context), to_v(context), heads_, std::nullopt, attention);
   return to_out[0]->as<torch::nn::Linear>()->forward(out);
 }
 
@@ -267,6 +267,11 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   conv_norm_out =
       register_module("conv_norm_out", group_norm(config.norm_num_groups, widths[0], config.norm_eps));
   conv_out = register_module("conv_out", conv3x3(widths[0], config.out_channels));
+}
+
+void UNet2DConditionModelImpl::set_attention(const AttentionOptions& options) {
+  for (auto& module : modules(/*include_self=*/false))
+    if (auto* attention = dynamic_cast<CrossAttentionImpl*>(module.get())) attention->attention = options;
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, const torch::Tensor& timestep,

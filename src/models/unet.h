@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 
+#include "models/attention.h"
 #include "models/configs.h"
 
 namespace kiln {
@@ -36,6 +37,7 @@ struct CrossAttentionImpl : torch::nn::Module {
   CrossAttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
   int64_t heads_;
+  AttentionOptions attention;
   torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   torch::nn::ModuleList to_out;  // [0] = Linear (diffusers keeps a Dropout at [1], without weights)
 };
@@ -130,6 +132,8 @@ struct UNet2DConditionModelImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& sample, const torch::Tensor& timestep,
                         const torch::Tensor& encoder_hidden_states, Activations* activations = nullptr);
   const UNetConfig& config() const { return config_; }
+  // Chooses how every attention layer computes (memory vs. speed; same result within fp32).
+  void set_attention(const AttentionOptions& options);
 
   UNetConfig config_;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};

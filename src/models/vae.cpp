@@ -61,7 +61,7 @@ VAEAttentionImpl::VAEAttentionImpl(int64_t channels, int64_t groups) {
 torch::Tensor VAEAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = group_norm(x).reshape({b, c, h * w}).transpose(1, 2);  // [B, HW, C]
-  auto out = multi_head_attention(to_q(tokens), to_k(tokens), to_v(tokens), 1);
+  auto out = multi_head_attention(to_q(tokens), to_k(tokens), to_v(tokens), 1, std::nullopt, attention);
   out = to_out[0]->as<torch::nn::Linear>()->forward(out);
   return out.transpose(1, 2).reshape({b, c, h, w}) + x;
 }
@@ -147,6 +147,11 @@ AutoencoderKLImpl::AutoencoderKLImpl(const VAEConfig& config) : config_(config) 
   quant_conv = register_module("quant_conv", conv(2 * config.latent_channels, 2 * config.latent_channels, 1));
   post_quant_conv =
       register_module("post_quant_conv", conv(config.latent_channels, config.latent_channels, 1));
+}
+
+void AutoencoderKLImpl::set_attention(const AttentionOptions& options) {
+  for (auto& module : modules(/*include_self=*/false))
+    if (auto* attention = dynamic_cast<VAEAttentionImpl*>(module.get())) attention->attention = options;
 }
 
 DiagonalGaussian AutoencoderKLImpl::encode(const torch::Tensor& image) {

@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "models/attention.h"
 #include "models/configs.h"
 
 namespace kiln {
@@ -19,6 +20,7 @@ TORCH_MODULE(VAEResnetBlock);
 struct VAEAttentionImpl : torch::nn::Module {
   VAEAttentionImpl(int64_t channels, int64_t groups);
   torch::Tensor forward(const torch::Tensor& x);
+  AttentionOptions attention;
   torch::nn::GroupNorm group_norm{nullptr};
   torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
   torch::nn::ModuleList to_out;  // [0] = Linear
@@ -77,6 +79,7 @@ struct AutoencoderKLImpl : torch::nn::Module {
   torch::Tensor decode(const torch::Tensor& latent);  // unscaled latent -> image in about [-1, 1]
   // The UNet works on latents * scaling_factor (0.18215 for SD 1.x).
   double scaling_factor() const { return config_.scaling_factor; }
+  void set_attention(const AttentionOptions& options);
   const VAEConfig& config() const { return config_; }
 
   VAEConfig config_;
