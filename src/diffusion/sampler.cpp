@@ -7,9 +7,14 @@
 #include "diffusion/heun.h"
 #include "util/error.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 namespace kiln {
 
-std::string sampler_names() { return "ddim, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras"; }
+std::vector<std::string> sampler_names() {
+  return {"ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras"};
+}
 
 std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedule& schedule,
                                       SamplerOptions o) {
@@ -29,7 +34,7 @@ std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedu
                                             o.karras || name == "dpmpp_2m_karras");
   if (name == "heun")
     return std::make_unique<HeunSampler>(schedule, o.steps, spacing(TimestepSpacing::Linspace), o.karras);
-  throw Error("unknown sampler '" + name + "' (" + sampler_names() + ")");
+  throw Error(fmt::format("unknown sampler '{}' ({})", name, fmt::join(sampler_names(), ", ")));
 }
 
 }  // namespace kiln

@@ -39,8 +39,8 @@ struct SamplerOptions {
   bool karras = false;  // Karras σ spacing (Euler family and DPM++); the _karras names set it
 };
 
-// The names make_sampler knows, comma-separated, for help texts and errors.
-std::string sampler_names();
+// The names make_sampler knows, for help texts and errors.
+std::vector<std::string> sampler_names();
 // ddim, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras; an unknown name throws kiln::Error
 // listing them. Heun calls the model twice per step: its timesteps() has 2N − 1 entries.
 std::unique_ptr<Sampler> make_sampler(const std::string& name, const NoiseSchedule& schedule,

@@ -7,5 +7,7 @@ namespace kiln::cli {
 void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_init_command(CLI::App& app);
+void add_sample_command(CLI::App& app);
+void add_grid_command(CLI::App& app);
 
 }  // namespace kiln::cli

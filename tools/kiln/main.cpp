@@ -13,10 +13,11 @@
 int main(int argc, char** argv) {
   CLI::App app{"kiln: fine-tune Stable Diffusion 1.x and see what training does to it"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "kiln 0.1.0 (libtorch " TORCH_VERSION ")");
+  app.set_version_flag("--version", "kiln " KILN_VERSION " (libtorch " TORCH_VERSION ")");
   kiln::cli::add_inspect_command(app);
   kiln::cli::add_convert_command(app);
   kiln::cli::add_init_command(app);
+  kiln::cli::add_sample_command(app);
   try {
     kiln::configure_threads();
     app.parse(argc, argv);
