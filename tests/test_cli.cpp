@@ -10,7 +10,10 @@
 #include <fstream>
 #include <string>
 
+#include "image/gif.h"
+#include "image/png.h"
 #include "io/safetensors.h"
+#include "pipeline/a1111_parameters.h"
 #include "util/sha256.h"
 
 namespace fs = std::filesystem;
@@ -191,6 +194,115 @@ TEST_F(CliTest, ExistingOutputIsKeptWhenConversionFails) {
   std::string content;
   in >> content;
   EXPECT_EQ(content, "precious");
+}
+
+std::string tiny_sample_args(const std::string& size = "-W 64 -H 96") {
+  return "--model " + kTinyModel.string() + " --config " + kTinyConfig.string() + " " + size + " --steps 3";
+}
+
+TEST_F(CliTest, SampleWritesPngsWithA1111Parameters) {
+  auto r = run_kiln("sample " + tiny_sample_args() + " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
+                    " --sampler euler_a --seed 42 --batch 2 --cfg 6.5 --clip-skip 2 --out " + (dir_ / "out").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("3/3 steps"), std::string::npos) << r.output;  // the progress line
+  for (const auto& [name, seed] : {std::pair{"00000-42.png", "42"}, std::pair{"00001-43.png", "43"}}) {
+    const auto path = dir_ / "out" / name;
+    ASSERT_TRUE(fs::exists(path)) << r.output;
+    const auto image = kiln::read_png(path);
+    EXPECT_EQ(image.width, 64);
+    EXPECT_EQ(image.height, 96);
+    const auto text = kiln::read_png_text(path);
+    ASSERT_EQ(text.size(), 1u);
+    EXPECT_EQ(text[0].first, "parameters");
+    const auto fields = kiln::parse_a1111_parameters(text[0].second);
+    EXPECT_EQ(fields.at("Prompt"), "a photo of a (red:1.2) circle");
+    EXPECT_EQ(fields.at("Negative prompt"), "blurry");
+    EXPECT_EQ(fields.at("Sampler"), "Euler a");
+    EXPECT_EQ(fields.at("Seed"), seed);
+    EXPECT_EQ(fields.at("Size"), "64x96");
+    EXPECT_EQ(fields.at("CFG scale"), "6.5");
+    EXPECT_EQ(fields.at("Clip skip"), "2");
+    EXPECT_EQ(fields.at("Model"), "model");
+    EXPECT_EQ(fields.at("Model hash"), kiln::sha256_file(kTinyModel).substr(0, 10));
+  }
+  // Seed 43 alone gives the batch's second image (up to the rounding of batched GEMMs: one level),
+  // numbered after the existing files.
+  r = run_kiln("sample " + tiny_sample_args() + " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
+               " --sampler euler_a --seed 43 --cfg 6.5 --clip-skip 2 --out " + (dir_ / "out").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto alone = kiln::read_png(dir_ / "out" / "00002-43.png").pixels;
+  const auto in_batch = kiln::read_png(dir_ / "out" / "00001-43.png").pixels;
+  ASSERT_EQ(alone.size(), in_batch.size());
+  int worst = 0;
+  for (size_t i = 0; i < alone.size(); ++i) worst = std::max(worst, std::abs(int(alone[i]) - int(in_batch[i])));
+  EXPECT_LE(worst, 1);
+}
+
+TEST_F(CliTest, SamplePromptsFileSetsPerPromptSettings) {
+  const auto prompts = dir_ / "prompts.toml";
+  std::ofstream(prompts) << "[[prompt]]\ntext = \"a cat\"\nseed = 7\n\n[[prompt]]\ntext = \"a dog\"\nwidth = 32\n"
+                            "sampler = \"heun\"\n";
+  auto r = run_kiln("sample " + tiny_sample_args() + " --seed 1 --prompts " + prompts.string() + " --out " +
+                    (dir_ / "out").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(kiln::read_png(dir_ / "out" / "00000-7.png").width, 64);
+  EXPECT_EQ(kiln::read_png(dir_ / "out" / "00001-1.png").width, 32);
+  const auto fields = kiln::parse_a1111_parameters(kiln::read_png_text(dir_ / "out" / "00001-1.png")[0].second);
+  EXPECT_EQ(fields.at("Sampler"), "Heun");
+  EXPECT_EQ(fields.at("Prompt"), "a dog");
+}
+
+TEST_F(CliTest, SampleRefusesBadInputWithOneClearError) {
+  const auto out = (dir_ / "out").string();
+  auto r = run_kiln("sample " + tiny_sample_args("-W 100 -H 64") + " --prompt x --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("width 100 is not a positive multiple of 8"), std::string::npos) << r.output;
+  r = run_kiln("sample " + tiny_sample_args() + " --sampler plms --prompt x --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("unknown sampler 'plms' (ddim, euler, euler_a, heun"), std::string::npos) << r.output;
+  const auto missing = dir_ / "nope.safetensors";
+  r = run_kiln("sample --model " + missing.string() + " --prompt x --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find(missing.string() + ": no such model file or folder"), std::string::npos) << r.output;
+  const auto empty = dir_ / "empty.safetensors";
+  std::ofstream{empty};
+  r = run_kiln("sample --model " + empty.string() + " --prompt x --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find(empty.string() + ": the model file is empty"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out) && !fs::is_empty(out));
+}
+
+TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
+  // Two "checkpoints": the tiny model and its diffusers-folder copy.
+  const auto folder = dir_ / "tiny-diffusers";
+  ASSERT_EQ(run_kiln("convert " + kTinyModel.string() + " " + folder.string() + " --layout diffusers " + config_arg())
+                .exit_code,
+            0);
+  const auto out = dir_ / "grid";
+  const std::string args = "grid --models " + kTinyModel.string() + " " + folder.string() + " " + config_arg() +
+                           " --seeds 5 -W 64 -H 64 --steps 2 --sampler ddim --gif --out " + out.string() +
+                           " -p 'a red circle' 'a blue square' 'black and white circles'";
+  auto r = run_kiln(args);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("6 cells generated, 0 reused"), std::string::npos) << r.output;
+  const auto grid = kiln::read_png(out / "grid.png");
+  // 3 columns x 2 rows of 64 px cells plus the label margins.
+  EXPECT_GT(grid.width, 3 * 64);
+  EXPECT_GT(grid.height, 2 * 64);
+  EXPECT_EQ(std::distance(fs::directory_iterator(out / "cells"), fs::directory_iterator{}), 6);
+  const auto frames = kiln::read_gif(out / "progress.gif");
+  ASSERT_EQ(frames.size(), 2u);  // one frame per checkpoint
+  EXPECT_GT(frames[0].width, 3 * 64);
+
+  // A fourth prompt column reuses the six cells and samples only the two new ones.
+  r = run_kiln(args + " 'a green triangle'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 cells generated, 6 reused"), std::string::npos) << r.output;
+
+  r = run_kiln("grid --models " + kTinyModel.string() + " " + config_arg() + " -p a --seeds 1 2 --cfgs 3 5 --out " +
+               out.string());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("neither --rows nor --cols"), std::string::npos) << r.output;
 }
 
 }  // namespace

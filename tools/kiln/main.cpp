@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_convert_command(app);
   kiln::cli::add_init_command(app);
   kiln::cli::add_sample_command(app);
+  kiln::cli::add_grid_command(app);
   try {
     kiln::configure_threads();
     app.parse(argc, argv);
