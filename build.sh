@@ -17,9 +17,17 @@ cmake --build "$build_dir" -j "$jobs"
 case "$what" in
   build) ;;
   demo)
-    # The main job until `kiln demo` exists: inspect the tiny reference model.
-    "$build_dir/kiln" inspect tests/golden/tiny-sd/model.safetensors \
-      --config tests/golden/tiny-sd/diffusers-configs
+    # The main job until `kiln demo` exists: inspect the tiny reference model, sample from it and
+    # compare it with its diffusers-layout copy in a grid (demo-out/).
+    tiny=(tests/golden/tiny-sd/model.safetensors --config tests/golden/tiny-sd/diffusers-configs)
+    "$build_dir/kiln" inspect "${tiny[@]}"
+    "$build_dir/kiln" convert "${tiny[@]}" demo-out/tiny-diffusers --layout diffusers
+    "$build_dir/kiln" sample --model "${tiny[@]}" -p "a photo of a person" --seed 1 --batch 2 \
+      -W 128 -H 128 --steps 12 --out demo-out/samples
+    "$build_dir/kiln" grid --models tests/golden/tiny-sd/model.safetensors demo-out/tiny-diffusers \
+      --config tests/golden/tiny-sd/diffusers-configs --labels "single file" "diffusers folder" \
+      -p "a photo of a person" "black and white circles" --seeds 1 -W 128 -H 128 --steps 12 \
+      --gif --out demo-out/grid
     ;;
   test)
     cd "$build_dir"

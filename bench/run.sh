@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build}"
-cmake --build "$build" --target kiln_cli bench_networks bench_load -j "$(nproc)"
+cmake --build "$build" --target kiln_cli bench_networks bench_load bench_sampling -j "$(nproc)"
 tmp="${TMPDIR:-/tmp}"
 sd15="$tmp/kiln-bench-sd15-fp16.safetensors"
 [ -f "$sd15" ] || "$build/kiln" init "$sd15" --arch sd15 --dtype fp16 --seed 0
@@ -31,5 +31,15 @@ cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   echo '```'
   "$build/bench/bench_networks" --benchmark_counters_tabular=true 2>&1
   echo '```'
+  echo
+  echo "## txt2img with the full-size SD 1.5 networks (DPM++ 2M Karras, CFG 7: UNet batch 2), one process per row"
+  echo
+  echo "| size | attention | steps | s/step | VAE decode s | total s | RSS after weights GiB | peak RSS GiB |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for size in 256 512; do
+    for attention in plain chunked; do
+      "$build/bench/bench_sampling" "$size" "$attention" 2
+    done
+  done
 } | tee "$out"
 echo "wrote $out"

@@ -40,7 +40,8 @@ TEST(Attention, ChunkedKeepsTheMaskRowsAligned) {
   auto q = torch::randn({2, len, 32}), k = torch::randn({2, len, 32}), v = torch::randn({2, len, 32});
   const auto mask = causal_attention_mask(len, torch::kFloat32, torch::kCPU);
   const auto plain = multi_head_attention(q, k, v, heads, mask, {AttentionKernel::Plain});
-  const auto chunked = multi_head_attention(q, k, v, heads, mask, {AttentionKernel::Chunked, 2 * 4 * len * 4 * 3});
+  const auto chunked =
+      multi_head_attention(q, k, v, heads, mask, {AttentionKernel::Chunked, 2 * 4 * len * 4 * 3});
   EXPECT_TRUE(test::all_close(chunked, plain, kRounding, "causal chunked"));
   // Row 0 may only see token 0: its output is v's token 0 in every head.
   EXPECT_TRUE(test::all_close(chunked.select(1, 0), v.select(1, 0), kRounding, "first row"));

@@ -201,8 +201,9 @@ std::string tiny_sample_args(const std::string& size = "-W 64 -H 96") {
 }
 
 TEST_F(CliTest, SampleWritesPngsWithA1111Parameters) {
-  auto r = run_kiln("sample " + tiny_sample_args() + " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
-                    " --sampler euler_a --seed 42 --batch 2 --cfg 6.5 --clip-skip 2 --out " + (dir_ / "out").string());
+  auto r = run_kiln(
+      "sample " + tiny_sample_args() + " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
+      " --sampler euler_a --seed 42 --batch 2 --cfg 6.5 --clip-skip 2 --out " + (dir_ / "out").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("3/3 steps"), std::string::npos) << r.output;  // the progress line
   for (const auto& [name, seed] : {std::pair{"00000-42.png", "42"}, std::pair{"00001-43.png", "43"}}) {
@@ -227,27 +228,31 @@ TEST_F(CliTest, SampleWritesPngsWithA1111Parameters) {
   }
   // Seed 43 alone gives the batch's second image (up to the rounding of batched GEMMs: one level),
   // numbered after the existing files.
-  r = run_kiln("sample " + tiny_sample_args() + " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
+  r = run_kiln("sample " + tiny_sample_args() +
+               " --prompt 'a photo of a (red:1.2) circle' --negative blurry" +
                " --sampler euler_a --seed 43 --cfg 6.5 --clip-skip 2 --out " + (dir_ / "out").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto alone = kiln::read_png(dir_ / "out" / "00002-43.png").pixels;
   const auto in_batch = kiln::read_png(dir_ / "out" / "00001-43.png").pixels;
   ASSERT_EQ(alone.size(), in_batch.size());
   int worst = 0;
-  for (size_t i = 0; i < alone.size(); ++i) worst = std::max(worst, std::abs(int(alone[i]) - int(in_batch[i])));
+  for (size_t i = 0; i < alone.size(); ++i)
+    worst = std::max(worst, std::abs(int(alone[i]) - int(in_batch[i])));
   EXPECT_LE(worst, 1);
 }
 
 TEST_F(CliTest, SamplePromptsFileSetsPerPromptSettings) {
   const auto prompts = dir_ / "prompts.toml";
-  std::ofstream(prompts) << "[[prompt]]\ntext = \"a cat\"\nseed = 7\n\n[[prompt]]\ntext = \"a dog\"\nwidth = 32\n"
-                            "sampler = \"heun\"\n";
+  std::ofstream(prompts)
+      << "[[prompt]]\ntext = \"a cat\"\nseed = 7\n\n[[prompt]]\ntext = \"a dog\"\nwidth = 32\n"
+         "sampler = \"heun\"\n";
   auto r = run_kiln("sample " + tiny_sample_args() + " --seed 1 --prompts " + prompts.string() + " --out " +
                     (dir_ / "out").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(kiln::read_png(dir_ / "out" / "00000-7.png").width, 64);
   EXPECT_EQ(kiln::read_png(dir_ / "out" / "00001-1.png").width, 32);
-  const auto fields = kiln::parse_a1111_parameters(kiln::read_png_text(dir_ / "out" / "00001-1.png")[0].second);
+  const auto fields =
+      kiln::parse_a1111_parameters(kiln::read_png_text(dir_ / "out" / "00001-1.png")[0].second);
   EXPECT_EQ(fields.at("Sampler"), "Heun");
   EXPECT_EQ(fields.at("Prompt"), "a dog");
 }
@@ -259,11 +264,13 @@ TEST_F(CliTest, SampleRefusesBadInputWithOneClearError) {
   EXPECT_NE(r.output.find("width 100 is not a positive multiple of 8"), std::string::npos) << r.output;
   r = run_kiln("sample " + tiny_sample_args() + " --sampler plms --prompt x --out " + out);
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find("unknown sampler 'plms' (ddim, euler, euler_a, heun"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("unknown sampler 'plms' (ddim, euler, euler_a, heun"), std::string::npos)
+      << r.output;
   const auto missing = dir_ / "nope.safetensors";
   r = run_kiln("sample --model " + missing.string() + " --prompt x --out " + out);
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find(missing.string() + ": no such model file or folder"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(missing.string() + ": no such model file or folder"), std::string::npos)
+      << r.output;
   const auto empty = dir_ / "empty.safetensors";
   std::ofstream{empty};
   r = run_kiln("sample --model " + empty.string() + " --prompt x --out " + out);
@@ -275,13 +282,14 @@ TEST_F(CliTest, SampleRefusesBadInputWithOneClearError) {
 TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
   // Two "checkpoints": the tiny model and its diffusers-folder copy.
   const auto folder = dir_ / "tiny-diffusers";
-  ASSERT_EQ(run_kiln("convert " + kTinyModel.string() + " " + folder.string() + " --layout diffusers " + config_arg())
+  ASSERT_EQ(run_kiln("convert " + kTinyModel.string() + " " + folder.string() + " --layout diffusers " +
+                     config_arg())
                 .exit_code,
             0);
   const auto out = dir_ / "grid";
-  const std::string args = "grid --models " + kTinyModel.string() + " " + folder.string() + " " + config_arg() +
-                           " --seeds 5 -W 64 -H 64 --steps 2 --sampler ddim --gif --out " + out.string() +
-                           " -p 'a red circle' 'a blue square' 'black and white circles'";
+  const std::string args = "grid --models " + kTinyModel.string() + " " + folder.string() + " " +
+                           config_arg() + " --seeds 5 -W 64 -H 64 --steps 2 --sampler ddim --gif --out " +
+                           out.string() + " -p 'a red circle' 'a blue square' 'black and white circles'";
   auto r = run_kiln(args);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("6 cells generated, 0 reused"), std::string::npos) << r.output;
@@ -299,8 +307,8 @@ TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("2 cells generated, 6 reused"), std::string::npos) << r.output;
 
-  r = run_kiln("grid --models " + kTinyModel.string() + " " + config_arg() + " -p a --seeds 1 2 --cfgs 3 5 --out " +
-               out.string());
+  r = run_kiln("grid --models " + kTinyModel.string() + " " + config_arg() +
+               " -p a --seeds 1 2 --cfgs 3 5 --out " + out.string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("neither --rows nor --cols"), std::string::npos) << r.output;
 }

@@ -35,8 +35,8 @@ TEST(PromptEncoder, PlainPromptsGiveDiffusersEmbeddings) {
   PromptEncoder encoder(tiny().models.text_encoder, tiny().tokenizer);
   const auto golden = test::golden_file("samplers.safetensors").tensor("prompt_embeds_cfg_batch");
   EXPECT_TRUE(all_close(encoder.encode(""), golden.slice(0, 0, 1), test::kSingleForward, "negative ''"));
-  EXPECT_TRUE(all_close(encoder.encode("a photo of a red circle"), golden.slice(0, 1, 2), test::kSingleForward,
-                        "prompt"));
+  EXPECT_TRUE(all_close(encoder.encode("a photo of a red circle"), golden.slice(0, 1, 2),
+                        test::kSingleForward, "prompt"));
 }
 
 TEST(PromptEncoder, ClipSkip2IsThePenultimateLayerThroughTheFinalNorm) {
@@ -67,7 +67,8 @@ TEST(PromptEncoder, EmphasisScalesTheWeightedTokensAndKeepsTheMean) {
   }
   EXPECT_EQ(chunk.weights[2], 1.5f);  // BOS, "a", "red"
   PromptEncoder no_norm(tiny().models.text_encoder, tiny().tokenizer, {1, EmphasisMode::NoNorm});
-  EXPECT_TRUE(all_close(no_norm.encode("a (red:1.5) circle")[0][2], plain[0][2] * 1.5, test::kExact, "no norm"));
+  EXPECT_TRUE(
+      all_close(no_norm.encode("a (red:1.5) circle")[0][2], plain[0][2] * 1.5, test::kExact, "no norm"));
 }
 
 TEST(PromptEncoder, LongPromptsAreEncodedInChunksOf77) {
@@ -86,8 +87,8 @@ TEST(PromptEncoder, LongPromptsAreEncodedInChunksOf77) {
 TEST(Txt2Img, Seed3ReproducesDiffusersPipeline) {
   Txt2Img txt2img(tiny().models, tiny().tokenizer);
   const auto golden = test::golden_file("samplers.safetensors");
-  for (const auto& [golden_name, sampler] :
-       {std::pair{"ddim", "ddim"}, std::pair{"euler", "euler"}, std::pair{"dpmpp_2m_karras", "dpmpp_2m_karras"}}) {
+  for (const auto& [golden_name, sampler] : {std::pair{"ddim", "ddim"}, std::pair{"euler", "euler"},
+                                             std::pair{"dpmpp_2m_karras", "dpmpp_2m_karras"}}) {
     GenerationSettings s;
     s.prompt = "a photo of a red circle";
     s.sampler = sampler;
@@ -218,7 +219,8 @@ TEST_F(PromptFileTest, TextJsonAndTomlOverrideTheDefaults) {
   EXPECT_EQ(txt[1].seed, 5u);
 
   const auto json = read_prompt_file(
-      write(".json", R"(["a cat", {"prompt": "a dog", "seed": 9, "cfg": 4, "negative": "ugly", "width": 640}])"),
+      write(".json",
+            R"(["a cat", {"prompt": "a dog", "seed": 9, "cfg": 4, "negative": "ugly", "width": 640}])"),
       defaults);
   ASSERT_EQ(json.size(), 2u);
   EXPECT_EQ(json[0].seed, 5u);
@@ -260,7 +262,8 @@ TEST_F(PromptFileTest, ErrorsNameTheFileAndTheEntry) {
   };
   EXPECT_NE(message("a.json", R"([{"prompt": "x", "colour": 1}])").find("entry 1: unknown key 'colour'"),
             std::string::npos);
-  EXPECT_NE(message("b.json", R"(["x", {"prompt": "y", "seed": "abc"}])").find("entry 2: 'seed' has the wrong type"),
+  EXPECT_NE(message("b.json", R"(["x", {"prompt": "y", "seed": "abc"}])")
+                .find("entry 2: 'seed' has the wrong type"),
             std::string::npos);
   EXPECT_NE(message("c.json", "[1,").find("not valid JSON"), std::string::npos);
   EXPECT_NE(message("d.toml", "[[prompt]]\ntext = \"x\"\nwidth = 500\n").find("not a positive multiple of 8"),

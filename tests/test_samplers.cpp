@@ -11,8 +11,8 @@
 #include "diffusion/dpmpp_2m.h"
 #include "diffusion/euler.h"
 #include "diffusion/heun.h"
-#include "diffusion/seeded_noise.h"
 #include "diffusion/sampler.h"
+#include "diffusion/seeded_noise.h"
 #include "golden_compare.h"
 #include "util/error.h"
 
@@ -177,7 +177,8 @@ TEST(SeededNoise, DrawsWhatTorchsCpuGeneratorDraws) {
 TEST(SeededNoise, Seed3GivesTheGoldenInitialLatent) {
   const auto golden = test::golden_file("samplers.safetensors");
   SeededNoise noise(3, 1);
-  EXPECT_TRUE(all_close(noise.randn({4, 16, 16}), golden.tensor("init_latents"), test::kExact, "init_latents"));
+  EXPECT_TRUE(
+      all_close(noise.randn({4, 16, 16}), golden.tensor("init_latents"), test::kExact, "init_latents"));
 }
 
 TEST(SeededNoise, ImageBOfABatchUsesSeedPlusB) {
@@ -200,7 +201,8 @@ TEST(Heun, TablesAreEulersWithInteriorEntriesRepeated) {
   std::vector<double> want_t{t[0]};
   std::vector<float> want_sigmas{sigmas[0]};
   for (size_t i = 1; i < t.size(); ++i) want_t.insert(want_t.end(), {t[i], t[i]});
-  for (size_t i = 1; i + 1 < sigmas.size(); ++i) want_sigmas.insert(want_sigmas.end(), {sigmas[i], sigmas[i]});
+  for (size_t i = 1; i + 1 < sigmas.size(); ++i)
+    want_sigmas.insert(want_sigmas.end(), {sigmas[i], sigmas[i]});
   want_sigmas.push_back(0.0f);
   ASSERT_EQ(heun.timesteps().size(), 15u);
   for (size_t i = 0; i < want_t.size(); ++i) EXPECT_EQ(heun.timesteps()[i], static_cast<float>(want_t[i]));
@@ -216,8 +218,7 @@ double final_error(const std::string& name, int64_t steps) {
   auto x = torch::ones({1}, torch::kFloat64) * sampler->init_noise_sigma();
   const double start = x.item<double>(), sigma0 = sampler->init_noise_sigma();
   for (size_t i = 0; i < sampler->steps(); ++i) {
-    const double sigma = name == "heun" ? dynamic_cast<HeunSampler&>(*sampler).sigmas()[i].item<double>()
-                                        : dynamic_cast<EulerSampler&>(*sampler).sigmas()[i].item<double>();
+    const double sigma = dynamic_cast<EulerSampler&>(*sampler).sigmas()[i].item<double>();
     x = sampler->step(x * sigma / (1 + sigma * sigma), i, x);
   }
   return std::abs(x.item<double>() - start / std::sqrt(1 + sigma0 * sigma0));

@@ -2,24 +2,17 @@
 
 #include <torch/torch.h>
 
-#include "diffusion/euler.h"
-
 namespace kiln {
 
-HeunSampler::HeunSampler(const NoiseSchedule& schedule, int64_t steps, TimestepSpacing spacing, bool karras) {
-  // Same σ and timestep tables as Euler, each interior entry visited twice.
-  const EulerSampler euler(schedule, steps, spacing, karras);
-  init_noise_sigma_ = euler.init_noise_sigma();
-  const auto& t = euler.timesteps();
-  timesteps_.push_back(t.front());
-  for (size_t i = 1; i < t.size(); ++i) timesteps_.insert(timesteps_.end(), {t[i], t[i]});
-  const auto& s = euler.sigmas();
-  const int64_t n = s.size(0);
-  sigmas_ = torch::cat({s.slice(0, 0, 1), s.slice(0, 1, n - 1).repeat_interleave(2), s.slice(0, n - 1)});
-}
-
-torch::Tensor HeunSampler::scale_model_input(const torch::Tensor& x, size_t i) const {
-  return x / (sigmas_[static_cast<int64_t>(i)].pow(2) + 1).pow(0.5);
+HeunSampler::HeunSampler(const NoiseSchedule& schedule, int64_t steps, TimestepSpacing spacing, bool karras)
+    : EulerSampler(schedule, steps, spacing, karras) {
+  const auto euler_timesteps = timesteps_;
+  timesteps_ = {euler_timesteps.front()};
+  for (size_t i = 1; i < euler_timesteps.size(); ++i)
+    timesteps_.insert(timesteps_.end(), {euler_timesteps[i], euler_timesteps[i]});
+  const int64_t n = sigmas_.size(0);
+  sigmas_ = torch::cat(
+      {sigmas_.slice(0, 0, 1), sigmas_.slice(0, 1, n - 1).repeat_interleave(2), sigmas_.slice(0, n - 1)});
 }
 
 torch::Tensor HeunSampler::step(const torch::Tensor& eps, size_t i, const torch::Tensor& x,

@@ -34,10 +34,14 @@ AttentionKernel parse_attention_kernel(const std::string& name) {
 
 std::string attention_kernel_name(AttentionKernel kernel) {
   switch (kernel) {
-    case AttentionKernel::Auto: return "auto";
-    case AttentionKernel::Plain: return "plain";
-    case AttentionKernel::Chunked: return "chunked";
-    case AttentionKernel::Fused: return "fused";
+    case AttentionKernel::Auto:
+      return "auto";
+    case AttentionKernel::Plain:
+      return "plain";
+    case AttentionKernel::Chunked:
+      return "chunked";
+    case AttentionKernel::Fused:
+      return "fused";
   }
   return "?";
 }

@@ -6,13 +6,12 @@
 #include <sstream>
 #include <vector>
 
-
 namespace kiln {
 
 std::string a1111_sampler_name(const std::string& sampler) {
   static const std::map<std::string, std::string> names{
-      {"ddim", "DDIM"},         {"euler", "Euler"},          {"euler_a", "Euler a"},
-      {"heun", "Heun"},         {"dpmpp_2m", "DPM++ 2M"},    {"dpmpp_2m_karras", "DPM++ 2M Karras"}};
+      {"ddim", "DDIM"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
+      {"heun", "Heun"}, {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_karras", "DPM++ 2M Karras"}};
   const auto it = names.find(sampler);
   return it == names.end() ? sampler : it->second;
 }
@@ -38,7 +37,8 @@ std::string format_a1111_parameters(const GenerationSettings& s, uint64_t seed, 
       {"Seed", std::to_string(seed)},
       {"Size", fmt::format("{}x{}", s.width, s.height)},
   };
-  if (s.karras && s.sampler.find("karras") == std::string::npos) fields.emplace_back("Schedule type", "Karras");
+  if (s.karras && s.sampler.find("karras") == std::string::npos)
+    fields.emplace_back("Schedule type", "Karras");
   if (!model.short_hash.empty()) fields.emplace_back("Model hash", model.short_hash);
   if (!model.name.empty()) fields.emplace_back("Model", model.name);
   if (s.clip_skip > 1) fields.emplace_back("Clip skip", std::to_string(s.clip_skip));
@@ -88,7 +88,8 @@ std::map<std::string, std::string> parse_a1111_parameters(const std::string& tex
       value_end = value_start + 1;
       while (value_end < settings.size() && settings[value_end] != '"')
         value_end += settings[value_end] == '\\' ? 2 : 1;
-      value = nlohmann::json::parse(settings.substr(value_start, value_end + 1 - value_start)).get<std::string>();
+      value =
+          nlohmann::json::parse(settings.substr(value_start, value_end + 1 - value_start)).get<std::string>();
       ++value_end;
     } else {
       value_end = settings.find(", ", value_start);

@@ -33,11 +33,16 @@ GridAxis parse_grid_axis(const std::string& name) {
 
 std::string grid_axis_name(GridAxis axis) {
   switch (axis) {
-    case GridAxis::Checkpoint: return "checkpoint";
-    case GridAxis::Prompt: return "prompt";
-    case GridAxis::Seed: return "seed";
-    case GridAxis::Cfg: return "cfg";
-    case GridAxis::Sampler: return "sampler";
+    case GridAxis::Checkpoint:
+      return "checkpoint";
+    case GridAxis::Prompt:
+      return "prompt";
+    case GridAxis::Seed:
+      return "seed";
+    case GridAxis::Cfg:
+      return "cfg";
+    case GridAxis::Sampler:
+      return "sampler";
   }
   return "?";
 }
@@ -113,11 +118,21 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
   std::vector<std::vector<Cell>> cells(rows, std::vector<Cell>(columns));
   auto assign = [&](Cell& cell, GridAxis axis, size_t i) {
     switch (axis) {
-      case GridAxis::Checkpoint: cell.checkpoint = i; break;
-      case GridAxis::Prompt: cell.settings.prompt = axes.prompts[i]; break;
-      case GridAxis::Seed: cell.settings.seed = axes.seeds[i]; break;
-      case GridAxis::Cfg: cell.settings.cfg = axes.cfgs[i]; break;
-      case GridAxis::Sampler: cell.settings.sampler = axes.samplers[i]; break;
+      case GridAxis::Checkpoint:
+        cell.checkpoint = i;
+        break;
+      case GridAxis::Prompt:
+        cell.settings.prompt = axes.prompts[i];
+        break;
+      case GridAxis::Seed:
+        cell.settings.seed = axes.seeds[i];
+        break;
+      case GridAxis::Cfg:
+        cell.settings.cfg = axes.cfgs[i];
+        break;
+      case GridAxis::Sampler:
+        cell.settings.sampler = axes.samplers[i];
+        break;
     }
   };
   const fs::path cell_dir = r.out_dir / "cells";
@@ -129,7 +144,8 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
       Cell& cell = cells[row][column];
       cell.settings = r.base;
       cell.settings.batch = 1;
-      for (auto axis : {GridAxis::Checkpoint, GridAxis::Prompt, GridAxis::Seed, GridAxis::Cfg, GridAxis::Sampler})
+      for (auto axis :
+           {GridAxis::Checkpoint, GridAxis::Prompt, GridAxis::Seed, GridAxis::Cfg, GridAxis::Sampler})
         assign(cell, axis, 0);
       assign(cell, r.rows, row);
       assign(cell, r.columns, column);
@@ -153,7 +169,8 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
       }
       missing[cell.checkpoint].push_back(&cell);
       const auto& s = cell.settings;
-      steps_total += static_cast<int64_t>(make_sampler(s.sampler, schedule, {s.steps, s.spacing, s.karras})->steps());
+      steps_total +=
+          static_cast<int64_t>(make_sampler(s.sampler, schedule, {s.steps, s.spacing, s.karras})->steps());
     }
   for (const auto& [checkpoint, todo] : missing) {
     auto model = load_model(axes.checkpoints[checkpoint], r.config);
@@ -166,8 +183,9 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
         steps_done = before + done;
         if (progress) progress(steps_done, steps_total);
       });
-      write_png(cell->file, image.at(0),
-                {{"parameters", format_a1111_parameters(cell->settings, cell->settings.seed, model.identity)}});
+      write_png(
+          cell->file, image.at(0),
+          {{"parameters", format_a1111_parameters(cell->settings, cell->settings.seed, model.identity)}});
       ++result.generated;
     }
   }
@@ -181,10 +199,10 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
   layout.row_labels = axes.labels.at(r.rows);
   layout.column_labels = axes.labels.at(r.columns);
   result.grid = r.out_dir / "grid.png";
-  const auto summary = fmt::format("kiln grid: rows {} ({}), columns {} ({})\n{}", grid_axis_name(r.rows),
-                                   fmt::join(layout.row_labels, " | "), grid_axis_name(r.columns),
-                                   fmt::join(layout.column_labels, " | "),
-                                   format_a1111_parameters(cells[0][0].settings, cells[0][0].settings.seed, {}));
+  const auto summary = fmt::format(
+      "kiln grid: rows {} ({}), columns {} ({})\n{}", grid_axis_name(r.rows),
+      fmt::join(layout.row_labels, " | "), grid_axis_name(r.columns), fmt::join(layout.column_labels, " | "),
+      format_a1111_parameters(cells[0][0].settings, cells[0][0].settings.seed, {}));
   write_png(result.grid, make_grid(pictures, layout, font), {{"parameters", summary}});
 
   if (r.gif) {
@@ -197,10 +215,12 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
     std::vector<Image> frames;
     for (size_t k = 0; k < axes.checkpoints.size(); ++k) {
       std::vector<std::vector<Image>> strip(1);
-      for (size_t j = 0; j < axes.size(other); ++j) strip[0].push_back(by_row ? pictures[k][j] : pictures[j][k]);
+      for (size_t j = 0; j < axes.size(other); ++j)
+        strip[0].push_back(by_row ? pictures[k][j] : pictures[j][k]);
       GridLayout frame_layout;
       frame_layout.column_labels = axes.labels.at(other);
-      frames.push_back(add_caption(make_grid(strip, frame_layout, font), axes.labels.at(GridAxis::Checkpoint)[k], font));
+      frames.push_back(
+          add_caption(make_grid(strip, frame_layout, font), axes.labels.at(GridAxis::Checkpoint)[k], font));
     }
     result.gif = r.out_dir / "progress.gif";
     write_gif(*result.gif, frames, r.gif_delay_ms);

@@ -15,7 +15,8 @@ EmphasisMode parse_emphasis_mode(const std::string& name) {
   throw Error("unknown emphasis mode '" + name + "' (original, no_norm, off)");
 }
 
-PromptEncoder::PromptEncoder(CLIPTextModel text_encoder, CLIPTokenizer tokenizer, PromptEncoderOptions options)
+PromptEncoder::PromptEncoder(CLIPTextModel text_encoder, CLIPTokenizer tokenizer,
+                             PromptEncoderOptions options)
     : text_encoder_(std::move(text_encoder)), tokenizer_(std::move(tokenizer)), options_(options) {}
 
 std::vector<PromptChunk> PromptEncoder::chunks(std::string_view prompt) const {

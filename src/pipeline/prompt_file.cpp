@@ -4,10 +4,10 @@
 
 #include <functional>
 
+#include <toml++/toml.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "util/error.h"
 
@@ -34,22 +34,35 @@ GenerationSettings apply_entry(GenerationSettings s, const nlohmann::json& entry
   if (!entry.is_object()) fail("expected a string or a table of settings");
   for (const auto& [key, value] : entry.items()) {
     try {
-      if (key == "prompt" || key == "text") s.prompt = value.get<std::string>();
-      else if (key == "negative" || key == "negative_prompt") s.negative = value.get<std::string>();
-      else if (key == "sampler") s.sampler = value.get<std::string>();
-      else if (key == "spacing") s.spacing = value.get<std::string>();
-      else if (key == "karras") s.karras = value.get<bool>();
-      else if (key == "seed") s.seed = value.get<uint64_t>();
-      else if (key == "cfg" || key == "cfg_scale") s.cfg = value.get<double>();
-      else if (key == "steps") s.steps = value.get<int64_t>();
-      else if (key == "width") s.width = value.get<int64_t>();
-      else if (key == "height") s.height = value.get<int64_t>();
-      else if (key == "clip_skip") s.clip_skip = value.get<int64_t>();
-      else if (key == "batch") s.batch = value.get<int64_t>();
+      if (key == "prompt" || key == "text")
+        s.prompt = value.get<std::string>();
+      else if (key == "negative" || key == "negative_prompt")
+        s.negative = value.get<std::string>();
+      else if (key == "sampler")
+        s.sampler = value.get<std::string>();
+      else if (key == "spacing")
+        s.spacing = value.get<std::string>();
+      else if (key == "karras")
+        s.karras = value.get<bool>();
+      else if (key == "seed")
+        s.seed = value.get<uint64_t>();
+      else if (key == "cfg" || key == "cfg_scale")
+        s.cfg = value.get<double>();
+      else if (key == "steps")
+        s.steps = value.get<int64_t>();
+      else if (key == "width")
+        s.width = value.get<int64_t>();
+      else if (key == "height")
+        s.height = value.get<int64_t>();
+      else if (key == "clip_skip")
+        s.clip_skip = value.get<int64_t>();
+      else if (key == "batch")
+        s.batch = value.get<int64_t>();
       else
-        fail(fmt::format("unknown key '{}' (prompt, negative, sampler, spacing, karras, seed, cfg, steps, "
-                         "width, height, clip_skip, batch)",
-                         key));
+        fail(
+            fmt::format("unknown key '{}' (prompt, negative, sampler, spacing, karras, seed, cfg, steps, "
+                        "width, height, clip_skip, batch)",
+                        key));
     } catch (const nlohmann::json::exception&) {
       fail(fmt::format("'{}' has the wrong type ({})", key, value.dump()));
     }
@@ -75,7 +88,8 @@ nlohmann::json entries_from_toml(const std::filesystem::path& path) {
   try {
     doc = toml::parse(read_text(path), path.string());
   } catch (const toml::parse_error& e) {
-    throw_file_error(path, fmt::format("not valid TOML (line {}): {}", e.source().begin.line, e.description()));
+    throw_file_error(path,
+                     fmt::format("not valid TOML (line {}): {}", e.source().begin.line, e.description()));
   }
   const auto* entries = doc["prompt"].as_array();
   if (!entries) throw_file_error(path, "expected [[prompt]] tables");
@@ -84,7 +98,8 @@ nlohmann::json entries_from_toml(const std::filesystem::path& path) {
   return nlohmann::json::parse(json.str());
 }
 
-std::vector<GenerationSettings> from_text(const std::filesystem::path& path, const GenerationSettings& defaults) {
+std::vector<GenerationSettings> from_text(const std::filesystem::path& path,
+                                          const GenerationSettings& defaults) {
   std::vector<GenerationSettings> out;
   std::istringstream in(read_text(path));
   for (std::string line; std::getline(in, line);) {

@@ -22,7 +22,8 @@ using StepCallback = std::function<void(int64_t done, int64_t total)>;
 class Txt2Img {
  public:
   // The models are shared, not copied (libtorch modules are handles).
-  Txt2Img(const StableDiffusionModels& models, CLIPTokenizer tokenizer, NoiseSchedule schedule = NoiseSchedule());
+  Txt2Img(const StableDiffusionModels& models, CLIPTokenizer tokenizer,
+          NoiseSchedule schedule = NoiseSchedule());
 
   // Final latents [batch, 4, height/8, width/8] (unscaled by the VAE factor, as the sampler leaves
   // them). Throws kiln::Error for invalid settings before any work.

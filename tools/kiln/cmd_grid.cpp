@@ -57,17 +57,20 @@ void run_grid(const GridCommand& c) {
 
 void add_grid_command(CLI::App& app) {
   auto c = std::make_shared<GridCommand>();
-  auto* cmd = app.add_subcommand("grid", "Compare checkpoints, prompts, seeds, cfg or samplers in one labelled image");
+  auto* cmd = app.add_subcommand(
+      "grid", "Compare checkpoints, prompts, seeds, cfg or samplers in one labelled image");
   cmd->add_option("--models,-m", c->models, "checkpoints (files or diffusers folders)")->required();
   cmd->add_option("--labels", c->labels, "one label per checkpoint (default: file names)");
   cmd->add_option("--prompt,-p", c->prompts, "prompts (repeat the option or list several)")->required();
   cmd->add_option("--seeds", c->seeds, "seeds (default: --seed)");
   cmd->add_option("--cfgs", c->cfgs, "guidance scales (default: --cfg)");
   cmd->add_option("--samplers", c->samplers, "samplers (default: --sampler)");
-  cmd->add_option("--rows", c->rows, "axis down the grid: checkpoint, prompt, seed, cfg, sampler")->capture_default_str();
+  cmd->add_option("--rows", c->rows, "axis down the grid: checkpoint, prompt, seed, cfg, sampler")
+      ->capture_default_str();
   cmd->add_option("--cols", c->columns, "axis across the grid")->capture_default_str();
   cmd->add_option("--title", c->title, "title above the grid");
-  cmd->add_option("--out,-o", c->out, "output folder (grid.png, progress.gif, cells/)")->capture_default_str();
+  cmd->add_option("--out,-o", c->out, "output folder (grid.png, progress.gif, cells/)")
+      ->capture_default_str();
   cmd->add_flag("--gif", c->gif, "also write progress.gif, one frame per checkpoint");
   cmd->add_option("--gif-delay", c->gif_delay_ms, "milliseconds per GIF frame")->capture_default_str();
   add_sample_options(*cmd, c->sample, /*require_model=*/false);

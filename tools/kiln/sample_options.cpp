@@ -44,7 +44,8 @@ void add_sample_options(CLI::App& cmd, SampleOptions& o, bool require_model) {
   cmd.add_option("--negative,-n", o.negative, "negative prompt");
   cmd.add_option("--sampler", o.sampler, fmt::format("{}", fmt::join(sampler_names(), ", ")))
       ->capture_default_str();
-  cmd.add_option("--spacing", o.spacing, "timestep spacing: leading, trailing, linspace (default: as diffusers)");
+  cmd.add_option("--spacing", o.spacing,
+                 "timestep spacing: leading, trailing, linspace (default: as diffusers)");
   cmd.add_flag("--karras", o.karras, "Karras sigmas for euler, euler_a, heun, dpmpp_2m");
   cmd.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
   cmd.add_option("--cfg", o.cfg, "classifier-free guidance scale")->capture_default_str();
