@@ -1,0 +1,69 @@
+// Optimizers over named parameters, one instance per trained part (text encoder, UNet), with their
+// state as named tensors so that checkpoints can store it beside the weights and a resumed run
+// continues bit for bit. kiln implements the update rules itself (here AdamW exactly as torch's
+// single-tensor path) so that every optimizer's state has the same portable form.
+#pragma once
+#include <torch/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace kiln {
+
+struct NamedParameter {
+  std::string name;
+  torch::Tensor tensor;  // requires_grad; its .grad() is read by step()
+};
+
+class Optimizer {
+ public:
+  explicit Optimizer(std::vector<NamedParameter> parameters) : parameters_(std::move(parameters)) {}
+  virtual ~Optimizer() = default;
+  // One update from the parameters' current gradients (parameters without a gradient are skipped,
+  // as torch does).
+  virtual void step() = 0;
+  void zero_grad();
+  double learning_rate() const { return lr_; }
+  void set_learning_rate(double lr) { lr_ = lr; }
+  // Everything step() depends on besides the parameters, as "<param>.<slot>" tensors (plus
+  // optimizer-wide scalars); load_state throws kiln::Error when names or shapes do not fit.
+  virtual StateDict state() const = 0;
+  virtual void load_state(const StateDict& state) = 0;
+  const std::vector<NamedParameter>& parameters() const { return parameters_; }
+
+ protected:
+  std::vector<NamedParameter> parameters_;
+  double lr_ = 1e-4;
+};
+
+struct AdamWOptions {
+  double lr = 1e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+};
+
+// torch.optim.AdamW (foreach=False, amsgrad=False): decoupled weight decay p ← p·(1 − lr·wd), then
+// Adam with bias correction. Bit-identical to torch's single-tensor implementation.
+class AdamW : public Optimizer {
+ public:
+  AdamW(std::vector<NamedParameter> parameters, const AdamWOptions& options);
+  void step() override;
+  StateDict state() const override;
+  void load_state(const StateDict& state) override;
+
+ private:
+  struct Slot {
+    torch::Tensor exp_avg, exp_avg_sq;
+    int64_t step = 0;
+  };
+  AdamWOptions options_;
+  std::map<std::string, Slot> slots_;  // created on a parameter's first update, as torch does
+};
+
+}  // namespace kiln
