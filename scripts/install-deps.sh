@@ -9,6 +9,7 @@ packages=(
   libssl-dev                         # SHA-256 for the AUTOMATIC1111 model hashes
   libicu-dev                         # Unicode normalisation and categories for the CLIP tokenizer
   libpng-dev libgif-dev libstb-dev
+  libopencv-imgcodecs-dev libopencv-imgproc-dev libopencv-core-dev  # decoding and resizing training pictures
   fonts-dejavu-core                  # the TrueType font of grid labels
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev           # libFuzzer target for the safetensors header parser

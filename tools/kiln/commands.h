@@ -9,5 +9,6 @@ void add_convert_command(CLI::App& app);
 void add_init_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
 void add_grid_command(CLI::App& app);
+void add_train_command(CLI::App& app);
 
 }  // namespace kiln::cli

@@ -1,0 +1,132 @@
+// Decoding goes through an in-memory buffer so the file is read once, and the cheap header sniff
+// for alpha avoids decoding PNG/WebP files twice (once with alpha, once with orientation).
+#include "data/image_file.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "util/error.h"
+
+namespace kiln {
+
+namespace {
+
+constexpr const char* kNotAnImage = "not a readable image (JPEG, PNG, WebP)";
+
+std::vector<std::uint8_t> read_bytes(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw_file_error(path, "no such file; " + std::string(kNotAnImage));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_file_error(path, "cannot open the file; " + std::string(kNotAnImage));
+  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw_file_error(path, "read error; " + std::string(kNotAnImage));
+  return bytes;
+}
+
+std::uint32_t big_endian_32(const std::uint8_t* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+}
+
+// PNG: an alpha colour type, or a tRNS chunk (transparent palette entries or key colour) before
+// the image data.
+bool png_has_alpha(const std::vector<std::uint8_t>& b) {
+  static constexpr std::array<std::uint8_t, 8> kSignature{0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (b.size() < 33 || !std::equal(kSignature.begin(), kSignature.end(), b.begin())) return false;
+  const std::uint8_t color_type = b[25];
+  if (color_type == 4 || color_type == 6) return true;
+  std::size_t pos = 8;
+  while (pos + 8 <= b.size()) {
+    const std::uint32_t length = big_endian_32(&b[pos]);
+    const char* type = reinterpret_cast<const char*>(&b[pos + 4]);
+    if (std::memcmp(type, "tRNS", 4) == 0) return true;
+    if (std::memcmp(type, "IDAT", 4) == 0) return false;
+    pos += std::size_t{length} + 12;
+  }
+  return false;
+}
+
+// WebP: the extended format states alpha in its flags; lossless (VP8L) has an alpha-is-used bit;
+// simple lossy (VP8) has no alpha.
+bool webp_has_alpha(const std::vector<std::uint8_t>& b) {
+  if (b.size() < 30 || std::memcmp(&b[0], "RIFF", 4) != 0 || std::memcmp(&b[8], "WEBP", 4) != 0) return false;
+  if (std::memcmp(&b[12], "VP8X", 4) == 0) return (b[20] & 0x10) != 0;
+  if (std::memcmp(&b[12], "VP8L", 4) == 0) return (b[24] & 0x10) != 0;  // bit 28 of the header word
+  return false;
+}
+
+// Alpha over white, rounding to nearest; also takes 16-bit samples down to 8 bits.
+cv::Mat flatten_alpha(const cv::Mat& decoded) {
+  cv::Mat eight_bit = decoded;
+  if (decoded.depth() == CV_16U) decoded.convertTo(eight_bit, CV_8U, 1.0 / 257.0);
+  cv::Mat bgra;
+  if (eight_bit.channels() == 4)
+    bgra = eight_bit;
+  else if (eight_bit.channels() == 2) {
+    std::vector<cv::Mat> grey_alpha;
+    cv::split(eight_bit, grey_alpha);
+    cv::merge(std::vector<cv::Mat>{grey_alpha[0], grey_alpha[0], grey_alpha[0], grey_alpha[1]}, bgra);
+  } else if (eight_bit.channels() == 3)
+    return eight_bit;
+  else {
+    cv::Mat bgr;
+    cv::cvtColor(eight_bit, bgr, cv::COLOR_GRAY2BGR);
+    return bgr;
+  }
+  cv::Mat bgr(bgra.rows, bgra.cols, CV_8UC3);
+  for (int y = 0; y < bgra.rows; ++y) {
+    const std::uint8_t* in = bgra.ptr<std::uint8_t>(y);
+    std::uint8_t* out = bgr.ptr<std::uint8_t>(y);
+    for (int x = 0; x < bgra.cols; ++x, in += 4, out += 3) {
+      const unsigned a = in[3];
+      for (int c = 0; c < 3; ++c)
+        out[c] = static_cast<std::uint8_t>((in[c] * a + 255u * (255u - a) + 127u) / 255u);
+    }
+  }
+  return bgr;
+}
+
+}  // namespace
+
+Image load_image(const std::filesystem::path& path) {
+  const std::vector<std::uint8_t> bytes = read_bytes(path);
+  if (bytes.empty()) throw_file_error(path, "empty file; " + std::string(kNotAnImage));
+  cv::Mat bgr;
+  try {
+    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<std::uint8_t*>(bytes.data()));
+    if (png_has_alpha(bytes) || webp_has_alpha(bytes)) {
+      const cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+      if (!decoded.empty()) bgr = flatten_alpha(decoded);
+    } else {
+      bgr = cv::imdecode(buffer, cv::IMREAD_COLOR);
+    }
+  } catch (const cv::Exception&) {
+    throw_file_error(path, kNotAnImage);
+  }
+  if (bgr.empty() || bgr.cols <= 0 || bgr.rows <= 0) throw_file_error(path, kNotAnImage);
+
+  Image image(bgr.cols, bgr.rows);
+  // cvtColor writes straight into the Image's pixels: the destination already has the right size.
+  cv::Mat rgb(image.height, image.width, CV_8UC3, image.pixels.data());
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return image;
+}
+
+bool is_image_file(const std::filesystem::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp";
+}
+
+}  // namespace kiln

@@ -1,0 +1,20 @@
+// Training pictures from disk: any format OpenCV decodes, upright and as 8-bit RGB, so the rest of
+// the data pipeline never sees orientation tags, alpha or 16-bit samples.
+#pragma once
+#include <filesystem>
+
+#include "image/image.h"
+
+namespace kiln {
+
+// JPEG, PNG, WebP, BMP (and whatever else OpenCV reads) as 8-bit RGB. The EXIF orientation of
+// photos is applied, so a portrait shot from a phone comes out portrait. Pictures with an alpha
+// channel (PNG, WebP) are composited over white; those skip EXIF orientation, which OpenCV only
+// applies when it drops alpha (PNG and WebP files practically never carry the tag).
+// Throws kiln::Error naming the file when it is missing, not a decodable image, or empty.
+Image load_image(const std::filesystem::path& path);
+
+// By extension only (.jpg .jpeg .png .webp .bmp, any case): what a dataset folder scan picks up.
+bool is_image_file(const std::filesystem::path& path);
+
+}  // namespace kiln

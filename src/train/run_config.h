@@ -1,0 +1,129 @@
+// A training run's settings: plain structs with defaults, read from a TOML run file with
+// `--set section.key=value` overrides, and written back (resolved, every key) beside the run so a
+// run can be repeated exactly. Each key is documented in docs/run-file.md.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct ModelSection {
+  std::string checkpoint;     // base model: .safetensors or diffusers folder
+  std::string config;         // diffusers folder / config.json for non-SD-1.5 architectures
+  std::string prediction = "epsilon";  // epsilon | v_prediction
+};
+
+struct DataFolder {
+  std::string path;
+  int64_t repeats = 1;
+};
+
+struct DataSection {
+  std::vector<DataFolder> folders;
+  int64_t resolution = 512;  // bucket area = resolution²
+  bool buckets = true;       // aspect-ratio buckets; false: every image cropped to resolution²
+  int64_t min_bucket = 256, max_bucket = 1024, bucket_step = 64;
+  std::string crop = "center";  // center | random
+  bool random_flip = false;
+  std::vector<std::string> caption_extensions{".txt", ".caption"};
+  std::string activation_phrase;
+  bool shuffle_tags = false;
+  int64_t keep_tags = 0;
+  std::vector<std::string> tags_to_start, tags_to_end;
+  double caption_dropout = 0.0;
+  bool cache_latents = true;
+  bool skip_bad_files = false;
+  int64_t batch_size = 1;
+  int64_t gradient_accumulation = 1;
+};
+
+// One trained network's settings; text_encoder and unet each have their own.
+struct PartSection {
+  bool train = true;
+  double lr = 1e-6;
+  std::string optimizer = "adamw";
+  double weight_decay = 1e-2;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  std::string schedule = "constant";  // constant | linear | cosine
+  int64_t warmup_steps = 0;
+  double max_grad_norm = 1.0;  // 0: no clipping
+};
+
+struct TextEncoderSection : PartSection {
+  int64_t clip_skip = 1;
+  bool freeze_embeddings = false;
+  int64_t freeze_layers = 0;  // the first N encoder layers
+  bool freeze_final_layer_norm = false;
+};
+
+struct NoiseSection {
+  double offset = 0.0;  // offset noise strength
+  int64_t min_timestep = 0, max_timestep = 1000;
+};
+
+struct LossSection {
+  double min_snr_gamma = 0.0;  // 0: plain MSE
+};
+
+struct TrainingSection {
+  uint64_t seed = 555;
+  int64_t epochs = 10;
+};
+
+struct ValidationSection {
+  std::string folder;          // a separate validation folder, or
+  double split = 0.0;          // a seeded fraction of the training images held out
+  int64_t every_epochs = 1;    // 0: never (still once before training when a set exists)
+  int64_t stabilize_items = 8; // training items for the stabilised training loss (0: off)
+  int64_t timesteps_per_item = 4;
+};
+
+struct CheckpointSection {
+  int64_t every_epochs = 0;  // 0: only the listed epochs and the end
+  int64_t from_epoch = 0;
+  std::vector<int64_t> epochs;
+  std::string dtype = "fp16";  // fp16 | fp32 | bf16
+  std::string layout = "ldm";  // ldm | diffusers
+};
+
+struct SamplesSection {
+  std::string prompts;  // prompts file (.txt/.json/.toml); empty: no samples
+  std::string sampler = "dpmpp_2m_karras";
+  int64_t steps = 20;
+  double cfg = 7.0;
+  int64_t width = 512, height = 512;
+  uint64_t seed = 1;  // prompts without their own seed use seed, seed + 1, ... by position
+};
+
+struct LoggingSection {
+  bool tensorboard = true;
+  int64_t every_steps = 1;
+};
+
+struct RunConfig {
+  ModelSection model;
+  DataSection data;
+  TextEncoderSection text_encoder;
+  PartSection unet;
+  NoiseSection noise;
+  LossSection loss;
+  TrainingSection training;
+  ValidationSection validation;
+  CheckpointSection checkpoints;
+  SamplesSection samples;
+  LoggingSection logging;
+};
+
+// Reads `path` (relative paths inside it are resolved against its folder), applies each
+// "section.key=value" override (value in TOML syntax; a bare word is a string), and checks it.
+// Unknown sections or keys, wrong types and invalid values are kiln::Error naming the file.
+RunConfig read_run_config(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
+RunConfig parse_run_config(const std::string& toml_text, const std::string& source,
+                           const std::vector<std::string>& overrides = {});
+// Every key with its value, as TOML that read_run_config reads back to the same config.
+std::string to_toml(const RunConfig& config);
+void validate(const RunConfig& config, const std::string& source);
+
+}  // namespace kiln

@@ -1,0 +1,465 @@
+#include "train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <chrono>
+#include <set>
+
+#include "data/captions.h"
+#include "io/checkpoint.h"
+#include "logging/metrics_log.h"
+#include "image/png.h"
+#include "pipeline/a1111_parameters.h"
+#include "pipeline/loaded_model.h"
+#include "pipeline/prompt_file.h"
+#include "pipeline/txt2img.h"
+#include "train/diffusion_loss.h"
+#include "train/latent_cache.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer.h"
+#include "train/run_seeds.h"
+#include "train/training_data.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kTextEncoder = "text_encoder";
+constexpr const char* kUNet = "unet";
+
+// One trained network: its module, settings and (when it trains) its optimizer.
+struct Part {
+  std::string name;
+  const PartSection* settings = nullptr;
+  torch::nn::Module* module = nullptr;
+  std::unique_ptr<Optimizer> optimizer;
+  std::vector<torch::Tensor> trainable;
+  LrSchedule schedule;
+};
+
+// Which text-encoder parameters stay fixed even when the text encoder trains.
+bool frozen_in_text_encoder(const std::string& name, const TextEncoderSection& s) {
+  if (s.freeze_embeddings && name.starts_with("text_model.embeddings.")) return true;
+  if (s.freeze_final_layer_norm && name.starts_with("text_model.final_layer_norm.")) return true;
+  for (int64_t layer = 0; layer < s.freeze_layers; ++layer)
+    if (name.starts_with(fmt::format("text_model.encoder.layers.{}.", layer))) return true;
+  return false;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const PartSection& s, std::vector<NamedParameter> parameters) {
+  return std::make_unique<AdamW>(std::move(parameters), AdamWOptions{s.lr, s.beta1, s.beta2, s.eps, s.weight_decay});
+}
+
+std::string epoch_name(int64_t epoch, int64_t batch) {
+  return batch == 0 ? fmt::format("e{:04}", epoch) : fmt::format("e{:04}-b{:05}", epoch, batch);
+}
+
+std::string process(const TrainingItem& item, const DataSection& d, bool augment, uint64_t seed) {
+  CaptionOptions options;
+  options.activation_phrase = d.activation_phrase;
+  options.tags_to_start = d.tags_to_start;
+  options.tags_to_end = d.tags_to_end;
+  options.keep_tags = static_cast<int>(d.keep_tags);
+  options.shuffle_tags = augment && d.shuffle_tags;
+  options.dropout = augment ? d.caption_dropout : 0.0;
+  return process_caption(item.caption, options, seed);
+}
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& config, const TrainOptions& options) : config_(config), options_(options) {}
+  TrainResult run();
+
+ private:
+  void say(const std::string& line) {
+    if (options_.console) *options_.console << line << "\n" << std::flush;
+  }
+  void setup_parts();
+  torch::Tensor encode_captions(const std::vector<std::string>& captions, bool with_grad);
+  double fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream);
+  void evaluate(int64_t epoch);
+  void save(int64_t epoch, int64_t batch, bool final_of_session);
+  void write_samples(const std::string& name);
+  void restore(const fs::path& state_file);
+  void set_train_mode(bool training);
+
+  RunConfig config_;
+  TrainOptions options_;
+  std::optional<LoadedModel> model_;
+  NoiseSchedule schedule_;
+  TrainingData data_;
+  std::unique_ptr<LatentCache> cache_;
+  std::vector<Part> parts_;
+  std::set<std::string> trained_parts_;  // parts whose weights differ from the base model
+  std::vector<TrainingItem> stabilize_items_;
+  std::unique_ptr<MetricsLog> log_;
+  TrainResult result_;
+  int64_t global_step_ = 0;
+  int64_t start_epoch_ = 0, start_batch_ = 0;
+};
+
+void Trainer::setup_parts() {
+  auto& models = model_->models;
+  parts_.clear();
+  for (const auto& name : {kTextEncoder, kUNet}) {
+    Part part;
+    part.name = name;
+    const bool is_te = part.name == kTextEncoder;
+    part.settings = is_te ? static_cast<const PartSection*>(&config_.text_encoder) : &config_.unet;
+    part.module = is_te ? static_cast<torch::nn::Module*>(models.text_encoder.get()) : models.unet.get();
+    std::vector<NamedParameter> parameters;
+    for (const auto& item : part.module->named_parameters()) {
+      const bool trains = part.settings->train && !(is_te && frozen_in_text_encoder(item.key(), config_.text_encoder));
+      item.value().set_requires_grad(trains);
+      if (trains) {
+        parameters.push_back({item.key(), item.value()});
+        part.trainable.push_back(item.value());
+      }
+    }
+    // A switched-off part gets no optimizer and no state: its weights stay bit-identical.
+    if (!parameters.empty()) {
+      part.optimizer = make_optimizer(*part.settings, std::move(parameters));
+      trained_parts_.insert(part.name);
+    }
+    parts_.push_back(std::move(part));
+  }
+}
+
+void Trainer::set_train_mode(bool training) {
+  model_->models.text_encoder->train(training);
+  model_->models.unet->train(training);
+}
+
+torch::Tensor Trainer::encode_captions(const std::vector<std::string>& captions, bool with_grad) {
+  std::vector<int64_t> ids;
+  for (const auto& caption : captions) {
+    const auto one = model_->tokenizer.encode_sd(caption);
+    ids.insert(ids.end(), one.begin(), one.end());
+  }
+  auto input = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(captions.size()), -1});
+  if (with_grad) return model_->models.text_encoder->encode(input, config_.text_encoder.clip_skip);
+  torch::NoGradGuard no_grad;
+  return model_->models.text_encoder->encode(input, config_.text_encoder.clip_skip);
+}
+
+// The loss on fixed noise and fixed, evenly spread timesteps per item: comparable across epochs
+// and across runs with the same seed, unlike the noisy per-step training loss.
+double Trainer::fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream) {
+  if (items.empty()) return std::nan("");
+  torch::NoGradGuard no_grad;
+  set_train_mode(false);
+  const int64_t per_item = std::max<int64_t>(1, config_.validation.timesteps_per_item);
+  const auto scale = model_->models.vae->scaling_factor();
+  const auto prediction = parse_prediction(config_.model.prediction);
+  double total = 0;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const auto& item = items[k];
+    const auto x0 = (cache_->get(item, false).mean * scale).expand({per_item, -1, -1, -1});
+    auto generator = make_generator(config_.training.seed, RandomStream::Validation, stream, k);
+    const auto noise = torch::randn(x0.sizes(), generator);
+    std::vector<int64_t> t;
+    const double span = static_cast<double>(config_.noise.max_timestep - config_.noise.min_timestep);
+    for (int64_t j = 0; j < per_item; ++j)
+      t.push_back(config_.noise.min_timestep + static_cast<int64_t>((static_cast<double>(j) + 0.5) * span / per_item));
+    const auto timesteps = torch::tensor(t, torch::kInt64);
+    const auto context =
+        encode_captions({process(item, config_.data, false, 0)}, false).expand({per_item, -1, -1});
+    const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+    const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
+    total += diffusion_loss(schedule_, pred, target, timesteps, {prediction, config_.loss.min_snr_gamma}).item<double>();
+  }
+  set_train_mode(true);
+  return total / static_cast<double>(items.size());
+}
+
+void Trainer::evaluate(int64_t epoch) {
+  std::map<std::string, double> values;
+  if (!data_.validation.empty()) values["loss/val"] = fixed_noise_loss(data_.validation, 1);
+  if (!stabilize_items_.empty()) values["loss/stabilize-train"] = fixed_noise_loss(stabilize_items_, 2);
+  if (values.empty()) return;
+  log_->log(global_step_, values, epoch);
+  std::string line = fmt::format("epoch {}:", epoch);
+  for (const auto& [tag, value] : values) line += fmt::format(" {} {:.6f}", tag, value);
+  say(line);
+}
+
+void Trainer::write_samples(const std::string& name) {
+  if (config_.samples.prompts.empty()) return;
+  GenerationSettings defaults;
+  defaults.sampler = config_.samples.sampler;
+  defaults.steps = config_.samples.steps;
+  defaults.cfg = config_.samples.cfg;
+  defaults.width = config_.samples.width;
+  defaults.height = config_.samples.height;
+  defaults.seed = config_.samples.seed;
+  defaults.clip_skip = config_.text_encoder.clip_skip;
+  const auto prompts = read_prompt_file(config_.samples.prompts, defaults);
+  const auto dir = options_.run_dir / "samples" / name;
+  fs::create_directories(dir);
+  Txt2Img txt2img(model_->models, model_->tokenizer);
+  ModelIdentity identity{name, ""};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto images = txt2img.generate(prompts[i]);
+    for (size_t b = 0; b < images.size(); ++b) {
+      const auto seed = prompts[i].seed + b;
+      write_png(dir / fmt::format("{:02}-{}.png", i, seed), images[b],
+                {{"parameters", format_a1111_parameters(prompts[i], seed, identity)}});
+    }
+  }
+  set_train_mode(true);
+}
+
+void Trainer::save(int64_t epoch, int64_t batch, bool final_of_session) {
+  const auto dir = options_.run_dir / "checkpoints";
+  fs::create_directories(dir);
+  const auto name = epoch_name(epoch, batch);
+  const auto layout = parse_layout(config_.checkpoints.layout);
+  const auto path = dir / (layout == CheckpointLayout::Ldm ? name + ".safetensors" : name);
+  auto checkpoint = checkpoint_from_models(model_->models);
+  const std::string settings = to_toml(config_);
+  checkpoint.metadata["kiln.run_config"] = settings;
+  checkpoint.metadata["kiln.epoch"] = std::to_string(epoch);
+  checkpoint.metadata["kiln.global_step"] = std::to_string(global_step_);
+  checkpoint.metadata["kiln.version"] = KILN_VERSION;
+  checkpoint.metadata["kiln.trained_parts"] = fmt::format("{}", fmt::join(trained_parts_, ","));
+  write_checkpoint(checkpoint, path, layout, parse_dtype(config_.checkpoints.dtype));
+
+  // What exact resume needs: fp32 weights of every part that has trained (the checkpoint may be
+  // fp16) and each optimizer's state. Noise and data order follow from (seed, epoch, batch).
+  StateDict state;
+  for (const auto& part : parts_) {
+    if (!trained_parts_.count(part.name)) continue;
+    for (const auto& item : part.module->named_parameters())
+      state["weights." + part.name + "." + item.key()] = item.value().detach();
+    if (part.optimizer)
+      for (const auto& [key, tensor] : part.optimizer->state()) state["optimizer." + part.name + "." + key] = tensor;
+  }
+  SafeTensorsWriteOptions write;
+  write.metadata = {{"kiln.epoch", std::to_string(epoch)},
+                    {"kiln.batch", std::to_string(batch)},
+                    {"kiln.global_step", std::to_string(global_step_)},
+                    {"kiln.trained_parts", fmt::format("{}", fmt::join(trained_parts_, ","))},
+                    {"kiln.run_config", settings}};
+  save_safetensors(dir / (name + ".state.safetensors"), state, write);
+  result_.checkpoints.push_back(path);
+  say(fmt::format("saved {}{}", path.string(), final_of_session ? "" : ""));
+  write_samples(name);
+}
+
+void Trainer::restore(const fs::path& state_file) {
+  const auto state = SafeTensorsFile::open(state_file);
+  const auto& meta = state.metadata();
+  auto get = [&](const std::string& key) {
+    const auto it = meta.find(key);
+    if (it == meta.end()) throw_file_error(state_file, "is not a kiln resume state (no " + key + ")");
+    return it->second;
+  };
+  start_epoch_ = std::stoll(get("kiln.epoch"));
+  start_batch_ = std::stoll(get("kiln.batch"));
+  global_step_ = std::stoll(get("kiln.global_step"));
+  torch::NoGradGuard no_grad;
+  std::string parts = get("kiln.trained_parts");
+  for (const auto& part : parts_) {
+    if (parts.find(part.name) == std::string::npos) continue;
+    trained_parts_.insert(part.name);
+    for (const auto& item : part.module->named_parameters()) {
+      const auto key = "weights." + part.name + "." + item.key();
+      if (!state.contains(key)) throw_file_error(state_file, "misses " + key);
+      item.value().copy_(state.tensor(key));
+    }
+  }
+  for (auto& part : parts_) {
+    if (!part.optimizer) continue;
+    StateDict optimizer_state;
+    const auto prefix = "optimizer." + part.name + ".";
+    for (const auto& entry : state.entries())
+      if (entry.name.starts_with(prefix)) optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
+    part.optimizer->load_state(optimizer_state);
+  }
+}
+
+TrainResult Trainer::run() {
+  fs::create_directories(options_.run_dir);
+  const auto base = options_.init_from ? *options_.init_from : fs::path(config_.model.checkpoint);
+  std::optional<fs::path> model_config;
+  if (!config_.model.config.empty()) model_config = config_.model.config;
+  say("loading " + base.string());
+  model_.emplace(load_model(base, model_config, false));
+  std::ostringstream warnings;
+  data_ = prepare_training_data(config_, warnings);
+  if (!warnings.str().empty()) say(warnings.str());
+  say(fmt::format("{} training images ({} with repeats), {} validation images", data_.unique_train_images,
+                  data_.train.size(), data_.validation.size()));
+  cache_ = std::make_unique<LatentCache>(config_.data.cache_latents ? options_.run_dir / "latent-cache" : fs::path(),
+                                         model_->models.vae, config_.data.crop == "random", config_.training.seed);
+  setup_parts();
+  if (options_.resume) restore(latest_state(options_.run_dir));
+  write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
+  log_ = std::make_unique<MetricsLog>(options_.run_dir, config_.logging.tensorboard);
+
+  // The stabilised training loss watches a fixed, seeded choice of training pictures.
+  {
+    std::vector<TrainingItem> unique;
+    std::set<int64_t> seen;
+    for (const auto& item : data_.train)
+      if (seen.insert(item.image_index).second) unique.push_back(item);
+    const auto order = torch::randperm(static_cast<int64_t>(unique.size()),
+                                       make_generator(config_.training.seed, RandomStream::Validation, 3), torch::kLong);
+    for (int64_t i = 0; i < std::min<int64_t>(config_.validation.stabilize_items, order.size(0)); ++i)
+      stabilize_items_.push_back(unique[static_cast<size_t>(order[i].item<int64_t>())]);
+  }
+
+  const auto& d = config_.data;
+  const int64_t batches_per_epoch = static_cast<int64_t>(epoch_batches(data_.train, d.batch_size, config_.training.seed, 0).size());
+  const int64_t steps_per_epoch = (batches_per_epoch + d.gradient_accumulation - 1) / d.gradient_accumulation;
+  const int64_t total_steps = steps_per_epoch * config_.training.epochs;
+  for (auto& part : parts_)
+    part.schedule = {part.settings->schedule, part.settings->lr, part.settings->warmup_steps, total_steps};
+  say("settings:\n" + to_toml(config_));
+
+  set_train_mode(true);
+  if (start_epoch_ == 0 && start_batch_ == 0 && global_step_ == 0) evaluate(0);
+  ProgressBar progress(options_.console ? *options_.console : std::cerr, "train",
+                       std::max<int64_t>(0, total_steps - global_step_));
+  const int64_t session_start_step = global_step_;
+  const auto prediction = parse_prediction(config_.model.prediction);
+  const LossOptions loss_options{prediction, config_.loss.min_snr_gamma};
+  const auto scale = model_->models.vae->scaling_factor();
+
+  for (int64_t epoch = start_epoch_; epoch < config_.training.epochs; ++epoch) {
+    const auto batches = epoch_batches(data_.train, d.batch_size, config_.training.seed, epoch);
+    double epoch_loss = 0;
+    int64_t epoch_batches_done = 0;
+    double step_loss = 0;
+    int64_t accumulated = 0, images = 0;
+    auto step_started = std::chrono::steady_clock::now();
+    const int64_t first_batch = epoch == start_epoch_ ? start_batch_ : 0;
+    for (int64_t b = first_batch; b < static_cast<int64_t>(batches.size()); ++b) {
+      const auto& batch = batches[static_cast<size_t>(b)];
+      std::vector<std::string> captions;
+      std::vector<torch::Tensor> means, stds;
+      for (const auto index : batch) {
+        const auto& item = data_.train[index];
+        const bool flip =
+            d.random_flip && (derive_seed(config_.training.seed, RandomStream::Flip, static_cast<uint64_t>(epoch), index) & 1);
+        const auto latent = cache_->get(item, flip);
+        means.push_back(latent.mean);
+        stds.push_back(latent.std);
+        captions.push_back(process(item, d, true, derive_seed(config_.training.seed, RandomStream::Caption,
+                                                              static_cast<uint64_t>(epoch), index)));
+      }
+      const auto mean = torch::cat(means), std = torch::cat(stds);
+      // Every draw of this batch from one generator at (epoch, batch), in a fixed order.
+      auto generator = make_generator(config_.training.seed, RandomStream::Noise, static_cast<uint64_t>(epoch),
+                                      static_cast<uint64_t>(b));
+      const auto latent_noise = torch::randn(mean.sizes(), generator);
+      auto noise = torch::randn(mean.sizes(), generator);
+      const auto timesteps = torch::randint(config_.noise.min_timestep, config_.noise.max_timestep,
+                                            {mean.size(0)}, generator, torch::kLong);
+      const auto offset = torch::randn({mean.size(0), mean.size(1), 1, 1}, generator);
+      if (config_.noise.offset > 0) noise = noise + config_.noise.offset * offset;
+      const auto x0 = (mean + std * latent_noise) * scale;
+
+      const auto context = encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
+      const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+      const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
+      const auto loss = diffusion_loss(schedule_, pred, target, timesteps, loss_options);
+      (loss / static_cast<double>(d.gradient_accumulation)).backward();
+      step_loss += loss.item<double>();
+      epoch_loss += loss.item<double>();
+      ++epoch_batches_done;
+      ++accumulated;
+      images += static_cast<int64_t>(batch.size());
+      const bool last = b + 1 == static_cast<int64_t>(batches.size());
+      if (accumulated < d.gradient_accumulation && !last) continue;
+
+      std::map<std::string, double> values{{"loss/step", step_loss / static_cast<double>(accumulated)}};
+      for (auto& part : parts_) {
+        if (!part.optimizer) continue;
+        const double max_norm = part.settings->max_grad_norm > 0 ? part.settings->max_grad_norm
+                                                                  : std::numeric_limits<double>::infinity();
+        values["grad_norm/" + part.name] = torch::nn::utils::clip_grad_norm_(part.trainable, max_norm);
+        const double lr = learning_rate_at(part.schedule, global_step_);
+        part.optimizer->set_learning_rate(lr);
+        values["lr/" + part.name] = lr;
+        part.optimizer->step();
+        part.optimizer->zero_grad();
+      }
+      ++global_step_;
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
+      values["performance/images_per_second"] = static_cast<double>(images) / std::max(seconds, 1e-9);
+      if (global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0) log_->log(global_step_, values, epoch + 1);
+      progress.update(global_step_ - session_start_step,
+                      fmt::format("epoch {}/{}  loss {:.4f}  {:.2f} img/s", epoch + 1, config_.training.epochs,
+                                  values["loss/step"], values["performance/images_per_second"]));
+      step_loss = 0;
+      accumulated = 0;
+      images = 0;
+      step_started = std::chrono::steady_clock::now();
+      if (options_.stop_requested && options_.stop_requested() && !last) {
+        progress.finish("interrupted");
+        save(epoch, b + 1, true);
+        result_.interrupted = true;
+        result_.epochs_done = epoch;
+        result_.global_step = global_step_;
+        return result_;
+      }
+    }
+    const int64_t done = epoch + 1;
+    log_->log(global_step_, {{"loss/epoch", epoch_loss / std::max<int64_t>(1, epoch_batches_done)}}, done);
+    const auto& c = config_.checkpoints;
+    const bool listed = std::find(c.epochs.begin(), c.epochs.end(), done) != c.epochs.end();
+    const bool periodic = c.every_epochs > 0 && done >= c.from_epoch && done % c.every_epochs == 0;
+    const bool validate_now = config_.validation.every_epochs > 0 && done % config_.validation.every_epochs == 0;
+    if (validate_now || done == config_.training.epochs) evaluate(done);
+    const bool stop = options_.stop_requested && options_.stop_requested();
+    if (listed || periodic || done == config_.training.epochs || stop) save(done, 0, done == config_.training.epochs);
+    if (stop) {
+      result_.interrupted = done < config_.training.epochs;
+      result_.epochs_done = done;
+      result_.global_step = global_step_;
+      progress.finish("interrupted");
+      return result_;
+    }
+  }
+  progress.finish();
+  result_.epochs_done = config_.training.epochs;
+  result_.global_step = global_step_;
+  return result_;
+}
+
+}  // namespace
+
+fs::path latest_state(const fs::path& run_dir) {
+  const auto dir = run_dir / "checkpoints";
+  if (!fs::is_directory(dir)) throw_file_error(run_dir, "holds no checkpoints to resume from");
+  fs::path best;
+  int64_t best_step = -1;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    if (!name.ends_with(".state.safetensors")) continue;
+    const auto file = SafeTensorsFile::open(entry.path());
+    const auto it = file.metadata().find("kiln.global_step");
+    if (it == file.metadata().end()) continue;
+    const auto step = std::stoll(it->second);
+    if (step > best_step) {
+      best_step = step;
+      best = entry.path();
+    }
+  }
+  if (best.empty()) throw_file_error(run_dir, "holds no resume state (checkpoints/*.state.safetensors)");
+  return best;
+}
+
+TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
+
+}  // namespace kiln
