@@ -80,7 +80,7 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
     kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Chunked;
 #if TORCH_VERSION_MAJOR >= 2
   if (kernel == AttentionKernel::Fused) {
-    std::optional<torch::Tensor> fused_mask;
+    c10::optional<torch::Tensor> fused_mask;  // c10::optional: not yet std::optional before torch 2.3
     if (mask) fused_mask = mask->expand({batch, num_heads, q_len, k_len});
     return merge(at::scaled_dot_product_attention(qh, kh, vh, fused_mask, 0.0, false));
   }

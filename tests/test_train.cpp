@@ -1,0 +1,260 @@
+// `kiln train` on the tiny model and a generated data set: the files a run leaves (checkpoints
+// with their settings, samples, JSONL and TensorBoard logs, validation losses), exact resume, a
+// switched-off part staying bit-identical, and noise that does not depend on the learning rates.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <fstream>
+
+#include "data/synthetic.h"
+#include "golden_compare.h"
+#include "image/png.h"
+#include "io/checkpoint.h"
+#include "logging/metrics_log.h"
+#include "logging/tensorboard.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+namespace kiln {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           fmt::format("kiln-train-{}-{}", ::testing::UnitTest::GetInstance()->current_test_info()->name(), ::getpid());
+    fs::remove_all(dir_);
+    write_synthetic_dataset(dir_ / "data", 12, 64, 3);
+    std::ofstream(dir_ / "prompts.txt") << "a red circle, white background\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  RunConfig config(const std::vector<std::string>& overrides = {}) const {
+    const std::string text = fmt::format(R"(
+[model]
+checkpoint = "{}"
+config = "{}"
+[data]
+folders = [{{ path = "{}", repeats = 2 }}]
+resolution = 64
+min_bucket = 32
+max_bucket = 128
+bucket_step = 32
+random_flip = true
+shuffle_tags = true
+caption_dropout = 0.1
+batch_size = 3
+[text_encoder]
+lr = 1e-4
+[unet]
+lr = 5e-5
+warmup_steps = 2
+schedule = "cosine"
+[training]
+epochs = 3
+[validation]
+split = 0.25
+stabilize_items = 2
+timesteps_per_item = 2
+[checkpoints]
+every_epochs = 2
+dtype = "fp32"
+[samples]
+prompts = "{}"
+steps = 3
+width = 64
+height = 64
+seed = 9
+)",
+                                         test::tiny_model_path().string(), test::tiny_config_path().string(),
+                                         (dir_ / "data").string(), (dir_ / "prompts.txt").string());
+    return parse_run_config(text, "test.toml", overrides);
+  }
+
+  TrainResult run(const RunConfig& c, const fs::path& run_dir, bool resume = false,
+                  std::function<bool()> stop = {}) const {
+    TrainOptions options;
+    options.run_dir = run_dir;
+    options.resume = resume;
+    options.stop_requested = std::move(stop);
+    return train(c, options);
+  }
+
+  static StateDict weights(const fs::path& checkpoint) {
+    const auto c = read_checkpoint(checkpoint, test::tiny_config_path());
+    StateDict all;
+    for (const auto& [k, v] : c.unet) all["unet." + k] = v;
+    for (const auto& [k, v] : c.text_encoder) all["te." + k] = v;
+    return all;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(TrainTest, ARunLeavesCheckpointsSamplesAndLogs) {
+  const auto run_dir = dir_ / "run";
+  const auto result = run(config(), run_dir);
+  EXPECT_EQ(result.epochs_done, 3);
+  // 9 training pictures x 2 repeats = 18 items in batches of 3 (buckets permitting) per epoch.
+  EXPECT_GE(result.global_step, 3 * 6);
+  ASSERT_EQ(result.checkpoints.size(), 2u);  // epoch 2 and the end
+  EXPECT_EQ(result.checkpoints[0].filename(), "e0002.safetensors");
+  EXPECT_EQ(result.checkpoints[1].filename(), "e0003.safetensors");
+
+  // Checkpoints are SD files kiln reads back, carrying the run's settings.
+  const auto checkpoint = read_checkpoint(result.checkpoints[1], test::tiny_config_path());
+  EXPECT_EQ(checkpoint.metadata.at("kiln.epoch"), "3");
+  const auto settings = parse_run_config(checkpoint.metadata.at("kiln.run_config"), "metadata");
+  EXPECT_EQ(settings.unet.lr, 5e-5);
+  EXPECT_EQ(to_toml(settings), to_toml(config()));
+  EXPECT_EQ(to_toml(read_run_config(run_dir / "run.toml")), to_toml(config()));
+  // The UNet and text encoder moved; the VAE did not.
+  const auto base = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
+  const auto key = "conv_in.weight";
+  EXPECT_FALSE(torch::equal(checkpoint.unet.at(key), base.unet.at(key).to(torch::kFloat32)));
+  EXPECT_FALSE(torch::equal(checkpoint.text_encoder.at("text_model.final_layer_norm.weight"),
+                            base.text_encoder.at("text_model.final_layer_norm.weight")));
+  for (const auto& [name, tensor] : base.vae) EXPECT_TRUE(torch::equal(checkpoint.vae.at(name), tensor)) << name;
+
+  // One sample per prompt at every checkpoint, with the prompt's fixed seed.
+  for (const auto* name : {"e0002", "e0003"}) {
+    const auto png = run_dir / "samples" / name / "00-9.png";
+    ASSERT_TRUE(fs::exists(png)) << png;
+    EXPECT_EQ(read_png(png).width, 64);
+  }
+
+  // Logs: validation and stabilised losses before training and after each epoch, every step's
+  // loss and learning rates, the same values in TensorBoard.
+  const auto lines = read_metrics_jsonl(run_dir / "metrics.jsonl");
+  std::vector<int64_t> val_epochs;
+  int64_t steps_logged = 0;
+  for (const auto& line : lines) {
+    if (line.contains("loss/val")) {
+      val_epochs.push_back(line["epoch"].get<int64_t>());
+      EXPECT_TRUE(line.contains("loss/stabilize-train"));
+      EXPECT_GT(line["loss/val"].get<double>(), 0.0);
+    }
+    if (line.contains("loss/step")) {
+      ++steps_logged;
+      EXPECT_TRUE(line.contains("lr/unet") && line.contains("lr/text_encoder") && line.contains("grad_norm/unet"));
+    }
+  }
+  EXPECT_EQ(val_epochs, (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(steps_logged, result.global_step);
+  std::vector<fs::path> events;
+  for (const auto& entry : fs::directory_iterator(run_dir / "tensorboard")) events.push_back(entry.path());
+  ASSERT_EQ(events.size(), 1u);
+  std::map<std::string, int> tags;
+  for (const auto& event : read_tensorboard_scalars(events[0])) ++tags[event.tag];
+  EXPECT_EQ(tags["loss/step"], result.global_step);
+  EXPECT_EQ(tags["loss/val"], 4);
+  EXPECT_EQ(tags["loss/epoch"], 3);
+  EXPECT_EQ(tags["lr/unet"], result.global_step);
+  // Warm-up: the UNet's first step runs at learning rate 0, its third at the full rate's cosine.
+  EXPECT_EQ(lines[1]["lr/unet"].get<double>(), 0.0);
+}
+
+// An interrupted run resumed from its last save ends with the same weights, to the bit, as a run
+// that was never interrupted — also when it stopped in the middle of an epoch.
+TEST_F(TrainTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
+  const auto straight = run(config(), dir_ / "straight");
+  int steps = 0;
+  const auto first = run(config(), dir_ / "resumed", false, [&] { return ++steps == 8; });
+  ASSERT_TRUE(first.interrupted);
+  ASSERT_LT(first.global_step, straight.global_step);
+  // It stopped inside an epoch: the save is named by epoch and batch.
+  EXPECT_NE(first.checkpoints.back().filename().string().find("-b"), std::string::npos)
+      << first.checkpoints.back();
+  const auto second = run(config(), dir_ / "resumed", true);
+  EXPECT_FALSE(second.interrupted);
+  EXPECT_EQ(second.global_step, straight.global_step);
+  const auto a = weights(straight.checkpoints.back()), b = weights(second.checkpoints.back());
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, tensor] : a) EXPECT_TRUE(torch::equal(tensor, b.at(name))) << name;
+  // The per-step losses after the resume point repeat the uninterrupted run's.
+  std::map<int64_t, double> loss_a, loss_b;
+  for (const auto& line : read_metrics_jsonl(dir_ / "straight" / "metrics.jsonl"))
+    if (line.contains("loss/step")) loss_a[line["step"]] = line["loss/step"];
+  for (const auto& line : read_metrics_jsonl(dir_ / "resumed" / "metrics.jsonl"))
+    if (line.contains("loss/step")) loss_b[line["step"]] = line["loss/step"];
+  for (const auto& [step, loss] : loss_a) EXPECT_EQ(loss_b.at(step), loss) << "step " << step;
+}
+
+TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
+  const auto result = run(config({"text_encoder.train=false", "training.epochs=1", "checkpoints.every_epochs=0"}),
+                          dir_ / "unet-only");
+  const auto trained = read_checkpoint(result.checkpoints.back(), test::tiny_config_path());
+  const auto base = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
+  for (const auto& [name, tensor] : base.text_encoder)
+    EXPECT_TRUE(torch::equal(trained.text_encoder.at(name), tensor.to(torch::kFloat32))) << name;
+  EXPECT_FALSE(torch::equal(trained.unet.at("conv_in.weight"), base.unet.at("conv_in.weight")));
+  // No optimizer state and no weights for the text encoder in the resume state.
+  const auto state = SafeTensorsFile::open(dir_ / "unet-only" / "checkpoints" / "e0001.state.safetensors");
+  for (const auto& entry : state.entries()) EXPECT_EQ(entry.name.find("text_encoder"), std::string::npos) << entry.name;
+  EXPECT_EQ(state.metadata().at("kiln.trained_parts"), "unet");
+}
+
+// Two runs that differ in learning rates or in which part trains see the same data, noise and
+// timesteps: their first step (same weights) has the same loss to the bit, and their epoch-0
+// validation losses agree.
+TEST_F(TrainTest, NoiseAndDataDoNotDependOnLearningRatesOrParts) {
+  const std::vector<std::string> one_epoch{"training.epochs=1", "checkpoints.every_epochs=0", "samples.prompts=''"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), one_epoch.begin(), one_epoch.end());
+    return config(extra);
+  };
+  run(with({}), dir_ / "a");
+  run(with({"unet.lr=1e-3", "text_encoder.lr=0.0", "unet.warmup_steps=0"}), dir_ / "b");
+  run(with({"text_encoder.train=false"}), dir_ / "c");
+  auto first = [&](const char* name) {
+    std::map<std::string, double> out;
+    for (const auto& line : read_metrics_jsonl(dir_ / name / "metrics.jsonl")) {
+      if (line.contains("loss/val") && !out.count("val")) out["val"] = line["loss/val"];
+      if (line.contains("loss/step") && !out.count("step")) out["step"] = line["loss/step"];
+      if (line.contains("loss/step") && line["step"] == 2) out["step2"] = line["loss/step"];
+    }
+    return out;
+  };
+  const auto a = first("a"), b = first("b"), c = first("c");
+  EXPECT_EQ(a.at("val"), b.at("val"));
+  EXPECT_EQ(a.at("val"), c.at("val"));
+  EXPECT_EQ(a.at("step"), b.at("step"));
+  EXPECT_EQ(a.at("step"), c.at("step"));
+  EXPECT_NE(a.at("step2"), b.at("step2"));  // after one update the runs part ways
+}
+
+TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {
+  const std::string text = "[model]\ncheckpoint = \"m.safetensors\"\n[data]\nfolders = [\"d\"]\n";
+  auto c = parse_run_config(text, "r.toml", {"unet.lr=2e-7", "text_encoder.train=false", "samples.sampler=euler_a",
+                                             "checkpoints.epochs=[5, 10]"});
+  EXPECT_EQ(c.unet.lr, 2e-7);
+  EXPECT_FALSE(c.text_encoder.train);
+  EXPECT_EQ(c.samples.sampler, "euler_a");
+  EXPECT_EQ(c.checkpoints.epochs, (std::vector<int64_t>{5, 10}));
+  EXPECT_EQ(c.data.folders[0].path, "d");
+  EXPECT_EQ(to_toml(parse_run_config(to_toml(c), "again")), to_toml(c));
+  auto message = [&](const std::string& body, const std::vector<std::string>& overrides = {}) {
+    try {
+      parse_run_config(body, "r.toml", overrides);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message(text + "[unet]\nlearning_rate = 1\n"),
+            "r.toml: unet.learning_rate is not a setting of [unet] (see docs/run-file.md)");
+  EXPECT_EQ(message(text + "[unet]\nlr = \"fast\"\n"), "r.toml: unet.lr must be a number");
+  EXPECT_NE(message(text + "[sampling]\n").find("unknown section [sampling]"), std::string::npos);
+  EXPECT_NE(message(text, {"unet.train=false", "text_encoder.train=false"}).find("nothing to train"),
+            std::string::npos);
+  EXPECT_NE(message("[data]\nfolders = [\"d\"]\n").find("model.checkpoint is required"), std::string::npos);
+  EXPECT_NE(message(text, {"unetlr=1"}).find("must read section.key=value"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln
