@@ -1,6 +1,7 @@
 #include "models/clip_text.h"
 
 #include "models/attention.h"
+#include "models/gradient_checkpoint.h"
 
 namespace kiln {
 
@@ -37,6 +38,12 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) {
 }
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  if (gradient_checkpointing && is_training())
+    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); }, {x, mask});
+  return compute(x, mask);
+}
+
+torch::Tensor CLIPEncoderLayerImpl::compute(const torch::Tensor& x, const torch::Tensor& mask) {
   auto h = x + self_attn(layer_norm1(x), mask);
   return h + mlp(layer_norm2(h));
 }
@@ -70,6 +77,10 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& c) {
 
 CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(config) {
   text_model = register_module("text_model", CLIPTextTransformer(config));
+}
+
+void CLIPTextModelImpl::set_gradient_checkpointing(bool enabled) {
+  for (const auto& layer : *text_model->encoder->layers) layer->as<CLIPEncoderLayer>()->gradient_checkpointing = enabled;
 }
 
 CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool output_hidden_states) {

@@ -27,6 +27,8 @@ TORCH_MODULE(CLIPMLP);
 struct CLIPEncoderLayerImpl : torch::nn::Module {
   explicit CLIPEncoderLayerImpl(const CLIPTextConfig& config);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+  torch::Tensor compute(const torch::Tensor& x, const torch::Tensor& mask);
+  bool gradient_checkpointing = false;
   CLIPAttention self_attn{nullptr};
   torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
   CLIPMLP mlp{nullptr};
@@ -68,6 +70,8 @@ struct CLIPTextModelImpl : torch::nn::Module {
   // of the n-th layer from the end, passed through final_layer_norm. diffusers' `clip_skip` is n - 1.
   torch::Tensor encode(const torch::Tensor& input_ids, int64_t clip_skip = 1);
   const CLIPTextConfig& config() const { return config_; }
+  // Recompute each encoder layer in backward instead of keeping its activations.
+  void set_gradient_checkpointing(bool enabled);
 
   CLIPTextConfig config_;
   CLIPTextTransformer text_model{nullptr};

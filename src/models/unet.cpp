@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "models/attention.h"
+#include "models/gradient_checkpoint.h"
 
 namespace kiln {
 namespace F = torch::nn::functional;
@@ -58,6 +59,12 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, 
 }
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
+  if (gradient_checkpointing && is_training())
+    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); }, {x, temb});
+  return compute(x, temb);
+}
+
+torch::Tensor ResnetBlock2DImpl::compute(const torch::Tensor& x, const torch::Tensor& temb) {
   auto h = conv1(torch::silu(norm1(x)));
   h = h + time_emb_proj(torch::silu(temb)).unsqueeze(-1).unsqueeze(-1);  // [B, C, 1, 1]
   h = conv2(torch::silu(norm2(h)));
@@ -121,6 +128,13 @@ Transformer2DModelImpl::Transformer2DModelImpl(int64_t channels, int64_t heads, 
 }
 
 torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
+  if (gradient_checkpointing && is_training())
+    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); },
+                        {x, context});
+  return compute(x, context);
+}
+
+torch::Tensor Transformer2DModelImpl::compute(const torch::Tensor& x, const torch::Tensor& context) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = proj_in(norm(x)).permute({0, 2, 3, 1}).reshape({b, h * w, c});  // [B, HW, C]
   for (const auto& block : *transformer_blocks)
@@ -267,6 +281,14 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
   conv_norm_out =
       register_module("conv_norm_out", group_norm(config.norm_num_groups, widths[0], config.norm_eps));
   conv_out = register_module("conv_out", conv3x3(widths[0], config.out_channels));
+}
+
+void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* resnet = dynamic_cast<ResnetBlock2DImpl*>(module.get())) resnet->gradient_checkpointing = enabled;
+    if (auto* transformer = dynamic_cast<Transformer2DModelImpl*>(module.get()))
+      transformer->gradient_checkpointing = enabled;
+  }
 }
 
 void UNet2DConditionModelImpl::set_attention(const AttentionOptions& options) {

@@ -26,6 +26,8 @@ struct ResnetBlock2DImpl : torch::nn::Module {
   ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, int64_t temb_channels, int64_t groups,
                     double eps);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb);
+  torch::Tensor compute(const torch::Tensor& x, const torch::Tensor& temb);
+  bool gradient_checkpointing = false;
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
@@ -73,6 +75,8 @@ TORCH_MODULE(BasicTransformerBlock);
 struct Transformer2DModelImpl : torch::nn::Module {
   Transformer2DModelImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
+  torch::Tensor compute(const torch::Tensor& x, const torch::Tensor& context);
+  bool gradient_checkpointing = false;
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::Conv2d proj_in{nullptr}, proj_out{nullptr};
   torch::nn::ModuleList transformer_blocks;
@@ -134,6 +138,8 @@ struct UNet2DConditionModelImpl : torch::nn::Module {
   const UNetConfig& config() const { return config_; }
   // Chooses how every attention layer computes (memory vs. speed; same result within fp32).
   void set_attention(const AttentionOptions& options);
+  // Recompute each resnet and transformer block in backward instead of keeping its activations.
+  void set_gradient_checkpointing(bool enabled);
 
   UNetConfig config_;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};

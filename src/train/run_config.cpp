@@ -1,12 +1,14 @@
 #include "train/run_config.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
 
+#include "diffusion/sampler.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -54,6 +56,7 @@ void fields(V& v, PartSection& s) {
   v("schedule", s.schedule);
   v("warmup_steps", s.warmup_steps);
   v("max_grad_norm", s.max_grad_norm);
+  v("gradient_checkpointing", s.gradient_checkpointing);
 }
 template <typename V>
 void fields(V& v, TextEncoderSection& s) {
@@ -267,6 +270,7 @@ void resolve_relative_paths(toml::table& doc, const std::filesystem::path& base)
     }
 }
 
+// Paths given with --set are relative to where kiln runs, as on any command line.
 void apply_override(toml::table& doc, const std::string& text, const std::string& source) {
   const auto eq = text.find('=');
   const auto dot = text.find('.');
@@ -284,6 +288,9 @@ void apply_override(toml::table& doc, const std::string& text, const std::string
   auto* table = doc[section].as_table();
   if (!table) throw Error(fmt::format("{}: [{}] is not a table", source, section));
   table->insert_or_assign(key, *parsed.get("value"));
+  toml::table only_this{{section, toml::table{{key, *parsed.get("value")}}}};
+  resolve_relative_paths(only_this, std::filesystem::current_path());
+  table->insert_or_assign(key, *only_this.at_path(section + "." + key).node());
 }
 
 }  // namespace
@@ -319,7 +326,6 @@ RunConfig read_run_config(const std::filesystem::path& path, const std::vector<s
   resolve_relative_paths(doc, std::filesystem::absolute(path).parent_path());
   std::ostringstream resolved;
   resolved << doc;
-  std::vector<std::string> absolute_overrides;
   return parse_run_config(resolved.str(), path.string(), overrides);
 }
 
@@ -363,6 +369,16 @@ void validate(const RunConfig& c, const std::string& source) {
     fail("checkpoints.dtype must be fp16, fp32 or bf16");
   if (c.checkpoints.layout != "ldm" && c.checkpoints.layout != "diffusers")
     fail("checkpoints.layout must be ldm or diffusers");
+  if (c.data.min_bucket < 8 || c.data.min_bucket > c.data.max_bucket)
+    fail("data.min_bucket must be at least 8 and not above data.max_bucket");
+  if (c.data.keep_tags < 0) fail("data.keep_tags must be >= 0");
+  if (c.validation.every_epochs < 0 || c.validation.stabilize_items < 0 || c.validation.timesteps_per_item < 1)
+    fail("validation.every_epochs and stabilize_items must be >= 0, timesteps_per_item >= 1");
+  if (c.checkpoints.every_epochs < 0) fail("checkpoints.every_epochs must be >= 0");
+  if (c.samples.steps < 1) fail("samples.steps must be at least 1");
+  const auto samplers = sampler_names();
+  if (std::find(samplers.begin(), samplers.end(), c.samples.sampler) == samplers.end())
+    fail(fmt::format("samples.sampler '{}' is not known ({})", c.samples.sampler, fmt::join(samplers, ", ")));
 }
 
 }  // namespace kiln

@@ -49,6 +49,7 @@ struct PartSection {
   std::string schedule = "constant";  // constant | linear | cosine
   int64_t warmup_steps = 0;
   double max_grad_norm = 1.0;  // 0: no clipping
+  bool gradient_checkpointing = false;  // recompute blocks in backward: less memory, ~30 % more time
 };
 
 struct TextEncoderSection : PartSection {
@@ -75,7 +76,7 @@ struct TrainingSection {
 struct ValidationSection {
   std::string folder;          // a separate validation folder, or
   double split = 0.0;          // a seeded fraction of the training images held out
-  int64_t every_epochs = 1;    // 0: never (still once before training when a set exists)
+  int64_t every_epochs = 1;    // 0: only before training and after the last epoch
   int64_t stabilize_items = 8; // training items for the stabilised training loss (0: off)
   int64_t timesteps_per_item = 4;
 };
@@ -94,7 +95,7 @@ struct SamplesSection {
   int64_t steps = 20;
   double cfg = 7.0;
   int64_t width = 512, height = 512;
-  uint64_t seed = 1;  // prompts without their own seed use seed, seed + 1, ... by position
+  uint64_t seed = 1;  // the seed of every prompt that does not set its own
 };
 
 struct LoggingSection {

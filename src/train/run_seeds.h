@@ -19,6 +19,7 @@ enum class RandomStream : uint64_t {
   Validation = 5,
   Crop = 6,
   Latent = 7,
+  Selection = 8,  // which pictures are held out or watched by the stabilised loss
 };
 
 // A 64-bit seed for one stream at one coordinate (splitmix64 over the parts).

@@ -86,8 +86,9 @@ class Trainer {
   torch::Tensor encode_captions(const std::vector<std::string>& captions, bool with_grad);
   double fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream);
   void evaluate(int64_t epoch);
-  void save(int64_t epoch, int64_t batch, bool final_of_session);
+  void save(int64_t epoch, int64_t batch);
   void write_samples(const std::string& name);
+  std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
   void set_train_mode(bool training);
 
@@ -108,6 +109,8 @@ class Trainer {
 
 void Trainer::setup_parts() {
   auto& models = model_->models;
+  models.text_encoder->set_gradient_checkpointing(config_.text_encoder.gradient_checkpointing);
+  models.unet->set_gradient_checkpointing(config_.unet.gradient_checkpointing);
   parts_.clear();
   for (const auto& name : {kTextEncoder, kUNet}) {
     Part part;
@@ -191,8 +194,7 @@ void Trainer::evaluate(int64_t epoch) {
   say(line);
 }
 
-void Trainer::write_samples(const std::string& name) {
-  if (config_.samples.prompts.empty()) return;
+std::vector<GenerationSettings> Trainer::sample_prompts() const {
   GenerationSettings defaults;
   defaults.sampler = config_.samples.sampler;
   defaults.steps = config_.samples.steps;
@@ -201,7 +203,12 @@ void Trainer::write_samples(const std::string& name) {
   defaults.height = config_.samples.height;
   defaults.seed = config_.samples.seed;
   defaults.clip_skip = config_.text_encoder.clip_skip;
-  const auto prompts = read_prompt_file(config_.samples.prompts, defaults);
+  return read_prompt_file(config_.samples.prompts, defaults);
+}
+
+void Trainer::write_samples(const std::string& name) {
+  if (config_.samples.prompts.empty()) return;
+  const auto prompts = sample_prompts();
   const auto dir = options_.run_dir / "samples" / name;
   fs::create_directories(dir);
   Txt2Img txt2img(model_->models, model_->tokenizer);
@@ -217,7 +224,7 @@ void Trainer::write_samples(const std::string& name) {
   set_train_mode(true);
 }
 
-void Trainer::save(int64_t epoch, int64_t batch, bool final_of_session) {
+void Trainer::save(int64_t epoch, int64_t batch) {
   const auto dir = options_.run_dir / "checkpoints";
   fs::create_directories(dir);
   const auto name = epoch_name(epoch, batch);
@@ -250,7 +257,7 @@ void Trainer::save(int64_t epoch, int64_t batch, bool final_of_session) {
                     {"kiln.run_config", settings}};
   save_safetensors(dir / (name + ".state.safetensors"), state, write);
   result_.checkpoints.push_back(path);
-  say(fmt::format("saved {}{}", path.string(), final_of_session ? "" : ""));
+  say("saved " + path.string());
   write_samples(name);
 }
 
@@ -288,7 +295,12 @@ void Trainer::restore(const fs::path& state_file) {
 
 TrainResult Trainer::run() {
   fs::create_directories(options_.run_dir);
-  const auto base = options_.init_from ? *options_.init_from : fs::path(config_.model.checkpoint);
+  // --init-from replaces the base model for this run: recorded in run.toml, so --resume and the
+  // checkpoints' metadata name the model the run really started from.
+  if (options_.init_from) config_.model.checkpoint = fs::absolute(*options_.init_from).string();
+  const fs::path base = config_.model.checkpoint;
+  // A broken prompts file should fail now, not at the first checkpoint hours later.
+  if (!config_.samples.prompts.empty()) sample_prompts();
   std::optional<fs::path> model_config;
   if (!config_.model.config.empty()) model_config = config_.model.config;
   say("loading " + base.string());
@@ -312,7 +324,7 @@ TrainResult Trainer::run() {
     for (const auto& item : data_.train)
       if (seen.insert(item.image_index).second) unique.push_back(item);
     const auto order = torch::randperm(static_cast<int64_t>(unique.size()),
-                                       make_generator(config_.training.seed, RandomStream::Validation, 3), torch::kLong);
+                                       make_generator(config_.training.seed, RandomStream::Selection, 2), torch::kLong);
     for (int64_t i = 0; i < std::min<int64_t>(config_.validation.stabilize_items, order.size(0)); ++i)
       stabilize_items_.push_back(unique[static_cast<size_t>(order[i].item<int64_t>())]);
   }
@@ -407,7 +419,7 @@ TrainResult Trainer::run() {
       step_started = std::chrono::steady_clock::now();
       if (options_.stop_requested && options_.stop_requested() && !last) {
         progress.finish("interrupted");
-        save(epoch, b + 1, true);
+        save(epoch, b + 1);
         result_.interrupted = true;
         result_.epochs_done = epoch;
         result_.global_step = global_step_;
@@ -422,7 +434,7 @@ TrainResult Trainer::run() {
     const bool validate_now = config_.validation.every_epochs > 0 && done % config_.validation.every_epochs == 0;
     if (validate_now || done == config_.training.epochs) evaluate(done);
     const bool stop = options_.stop_requested && options_.stop_requested();
-    if (listed || periodic || done == config_.training.epochs || stop) save(done, 0, done == config_.training.epochs);
+    if (listed || periodic || done == config_.training.epochs || stop) save(done, 0);
     if (stop) {
       result_.interrupted = done < config_.training.epochs;
       result_.epochs_done = done;

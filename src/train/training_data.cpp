@@ -48,7 +48,7 @@ TrainingData prepare_training_data(const RunConfig& config, std::ostream& warnin
   if (config.validation.folder.empty() && config.validation.split > 0) {
     const auto count = static_cast<int64_t>(config.validation.split * static_cast<double>(pictures.size()));
     const auto order = permutation(static_cast<int64_t>(pictures.size()),
-                                   make_generator(config.training.seed, RandomStream::Validation, 1));
+                                   make_generator(config.training.seed, RandomStream::Selection, 1));
     for (int64_t i = 0; i < count; ++i) held_out[static_cast<size_t>(order[static_cast<size_t>(i)])] = true;
   }
   for (size_t i = 0; i < pictures.size(); ++i) {
