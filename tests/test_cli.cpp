@@ -10,7 +10,9 @@
 #include <fstream>
 #include <string>
 
+#include "data/synthetic.h"
 #include "image/gif.h"
+#include "io/checkpoint.h"
 #include "image/png.h"
 #include "io/safetensors.h"
 #include "pipeline/a1111_parameters.h"
@@ -311,6 +313,35 @@ TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
                " -p a --seeds 1 2 --cfgs 3 5 --out " + out.string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("neither --rows nor --cols"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, TrainThenResumeWithNewSettings) {
+  kiln::write_synthetic_dataset(dir_ / "data", 8, 64, 1);
+  const auto run_file = dir_ / "run.toml";
+  std::ofstream(run_file) << "[model]\ncheckpoint = \"" << kTinyModel.string() << "\"\nconfig = \"" << kTinyConfig.string()
+                          << "\"\n[data]\nfolders = [\"data\"]\nresolution = 64\nmin_bucket = 32\nmax_bucket = 128\n"
+                             "bucket_step = 32\nbatch_size = 4\n[training]\nepochs = 2\n[checkpoints]\ndtype = \"fp32\"\n";
+  const auto run_dir = dir_ / "run";
+  auto r = run_kiln("train " + run_file.string() + " --out " + run_dir.string() + " --set text_encoder.lr=1e-4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("lr = 0.0001"), std::string::npos) << r.output;  // the resolved settings, printed
+  EXPECT_NE(r.output.find("4/4 steps"), std::string::npos) << r.output;    // 2 batches x 2 epochs
+  ASSERT_TRUE(fs::exists(run_dir / "checkpoints" / "e0002.safetensors")) << r.output;
+
+  // The same folder again is refused; resuming it with more epochs and a frozen text encoder works.
+  r = run_kiln("train " + run_file.string() + " --out " + run_dir.string());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("already holds a run"), std::string::npos) << r.output;
+  r = run_kiln("train --resume " + run_dir.string() + " --set training.epochs=3 --set text_encoder.train=false");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto before = kiln::read_checkpoint(run_dir / "checkpoints" / "e0002.safetensors", kTinyConfig);
+  const auto after = kiln::read_checkpoint(run_dir / "checkpoints" / "e0003.safetensors", kTinyConfig);
+  for (const auto& [name, tensor] : before.text_encoder) EXPECT_TRUE(torch::equal(after.text_encoder.at(name), tensor)) << name;
+  EXPECT_FALSE(torch::equal(after.unet.at("conv_in.weight"), before.unet.at("conv_in.weight")));
+
+  r = run_kiln("train " + run_file.string() + " --out " + (dir_ / "other").string() + " --set unet.learningrate=1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("unet.learningrate is not a setting of [unet]"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "logging/metrics_log.h"
 #include "logging/tensorboard.h"
+#include "train/ema.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -162,20 +163,26 @@ TEST_F(TrainTest, ARunLeavesCheckpointsSamplesAndLogs) {
 // An interrupted run resumed from its last save ends with the same weights, to the bit, as a run
 // that was never interrupted — also when it stopped in the middle of an epoch.
 TEST_F(TrainTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
-  const auto straight = run(config(), dir_ / "straight");
+  const auto settings = config({"training.ema_decay=0.9"});
+  const auto straight = run(settings, dir_ / "straight");
   int steps = 0;
-  const auto first = run(config(), dir_ / "resumed", false, [&] { return ++steps == 8; });
+  const auto first = run(settings, dir_ / "resumed", false, [&] { return ++steps == 8; });
   ASSERT_TRUE(first.interrupted);
   ASSERT_LT(first.global_step, straight.global_step);
   // It stopped inside an epoch: the save is named by epoch and batch.
   EXPECT_NE(first.checkpoints.back().filename().string().find("-b"), std::string::npos)
       << first.checkpoints.back();
-  const auto second = run(config(), dir_ / "resumed", true);
+  const auto second = run(settings, dir_ / "resumed", true);
   EXPECT_FALSE(second.interrupted);
   EXPECT_EQ(second.global_step, straight.global_step);
   const auto a = weights(straight.checkpoints.back()), b = weights(second.checkpoints.back());
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, tensor] : a) EXPECT_TRUE(torch::equal(tensor, b.at(name))) << name;
+  // The moving average too, and it differs from the raw weights.
+  const auto ema_a = weights(dir_ / "straight" / "checkpoints" / "e0003-ema.safetensors");
+  const auto ema_b = weights(dir_ / "resumed" / "checkpoints" / "e0003-ema.safetensors");
+  for (const auto& [name, tensor] : ema_a) EXPECT_TRUE(torch::equal(tensor, ema_b.at(name))) << name;
+  EXPECT_FALSE(torch::equal(ema_a.at("unet.conv_in.weight"), a.at("unet.conv_in.weight")));
   // The per-step losses after the resume point repeat the uninterrupted run's.
   std::map<int64_t, double> loss_a, loss_b;
   for (const auto& line : read_metrics_jsonl(dir_ / "straight" / "metrics.jsonl"))
@@ -226,6 +233,26 @@ TEST_F(TrainTest, NoiseAndDataDoNotDependOnLearningRatesOrParts) {
   EXPECT_EQ(a.at("step"), b.at("step"));
   EXPECT_EQ(a.at("step"), c.at("step"));
   EXPECT_NE(a.at("step2"), b.at("step2"));  // after one update the runs part ways
+}
+
+TEST(ExponentialMovingAverage, FollowsTheFormulaAndSwaps) {
+  auto w = torch::ones({3}).requires_grad_(true);
+  ExponentialMovingAverage ema({{"w", w}}, 0.5);
+  {
+    torch::NoGradGuard no_grad;
+    w.fill_(3.0);
+  }
+  ema.update();  // 0.5·1 + 0.5·3
+  EXPECT_TRUE(torch::equal(ema.state().at("w"), torch::full({3}, 2.0)));
+  {
+    torch::NoGradGuard no_grad;
+    w.fill_(4.0);
+  }
+  ema.update();  // 0.5·2 + 0.5·4
+  ema.swap_in();
+  EXPECT_TRUE(torch::equal(w, torch::full({3}, 3.0)));
+  ema.swap_out();
+  EXPECT_TRUE(torch::equal(w, torch::full({3}, 4.0)));
 }
 
 TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {

@@ -34,10 +34,20 @@ class Optimizer {
   virtual StateDict state() const = 0;
   virtual void load_state(const StateDict& state) = 0;
   const std::vector<NamedParameter>& parameters() const { return parameters_; }
+  // Values worth logging besides the learning rate (e.g. D-Adaptation's d), by name.
+  virtual std::map<std::string, double> diagnostics() const { return {}; }
 
  protected:
   std::vector<NamedParameter> parameters_;
   double lr_ = 1e-4;
+};
+
+// Parameters that share one optimizer but differ in scale (D-Adaptation/Prodigy estimate one d
+// over all groups; kiln gives the text encoder and the UNet one group each).
+struct ParameterGroup {
+  std::string name;  // "text_encoder" | "unet"
+  std::vector<NamedParameter> parameters;
+  double layer_scale = 1.0;  // multiplies this group's step (dadaptation's `layer_scale`)
 };
 
 struct AdamWOptions {

@@ -71,6 +71,7 @@ struct LossSection {
 struct TrainingSection {
   uint64_t seed = 555;
   int64_t epochs = 10;
+  double ema_decay = 0.0;  // 0: off; e.g. 0.999: checkpoints of the weights' moving average beside the raw ones
 };
 
 struct ValidationSection {

@@ -17,6 +17,7 @@
 #include "pipeline/prompt_file.h"
 #include "pipeline/txt2img.h"
 #include "train/diffusion_loss.h"
+#include "train/ema.h"
 #include "train/latent_cache.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
@@ -41,6 +42,7 @@ struct Part {
   const PartSection* settings = nullptr;
   torch::nn::Module* module = nullptr;
   std::unique_ptr<Optimizer> optimizer;
+  std::unique_ptr<ExponentialMovingAverage> ema;
   std::vector<torch::Tensor> trainable;
   LrSchedule schedule;
 };
@@ -129,6 +131,8 @@ void Trainer::setup_parts() {
     }
     // A switched-off part gets no optimizer and no state: its weights stay bit-identical.
     if (!parameters.empty()) {
+      if (config_.training.ema_decay > 0)
+        part.ema = std::make_unique<ExponentialMovingAverage>(parameters, config_.training.ema_decay);
       part.optimizer = make_optimizer(*part.settings, std::move(parameters));
       trained_parts_.insert(part.name);
     }
@@ -238,6 +242,19 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   checkpoint.metadata["kiln.version"] = KILN_VERSION;
   checkpoint.metadata["kiln.trained_parts"] = fmt::format("{}", fmt::join(trained_parts_, ","));
   write_checkpoint(checkpoint, path, layout, parse_dtype(config_.checkpoints.dtype));
+  const bool has_ema = std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.ema != nullptr; });
+  if (has_ema) {
+    for (auto& part : parts_)
+      if (part.ema) part.ema->swap_in();
+    auto averaged = checkpoint_from_models(model_->models);
+    for (auto& part : parts_)
+      if (part.ema) part.ema->swap_out();
+    averaged.metadata = checkpoint.metadata;
+    averaged.metadata["kiln.ema_decay"] = fmt::format("{}", config_.training.ema_decay);
+    const auto ema_name = name + "-ema";
+    write_checkpoint(averaged, dir / (layout == CheckpointLayout::Ldm ? ema_name + ".safetensors" : ema_name), layout,
+                     parse_dtype(config_.checkpoints.dtype));
+  }
 
   // What exact resume needs: fp32 weights of every part that has trained (the checkpoint may be
   // fp16) and each optimizer's state. Noise and data order follow from (seed, epoch, batch).
@@ -248,6 +265,8 @@ void Trainer::save(int64_t epoch, int64_t batch) {
       state["weights." + part.name + "." + item.key()] = item.value().detach();
     if (part.optimizer)
       for (const auto& [key, tensor] : part.optimizer->state()) state["optimizer." + part.name + "." + key] = tensor;
+    if (part.ema)
+      for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
   }
   SafeTensorsWriteOptions write;
   write.metadata = {{"kiln.epoch", std::to_string(epoch)},
@@ -290,6 +309,13 @@ void Trainer::restore(const fs::path& state_file) {
     for (const auto& entry : state.entries())
       if (entry.name.starts_with(prefix)) optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
     part.optimizer->load_state(optimizer_state);
+    // An average that was saved continues; one switched on at this resume starts from the weights.
+    StateDict ema_state;
+    const auto ema_prefix = "ema." + part.name + ".";
+    for (const auto& entry : state.entries())
+      if (entry.name.starts_with(ema_prefix)) ema_state[entry.name.substr(ema_prefix.size())] = state.tensor(entry.name);
+    if (part.ema && !ema_state.empty()) part.ema->load_state(ema_state);
+    if (part.ema && ema_state.empty()) part.ema->reset_to_weights();
   }
 }
 
@@ -404,15 +430,19 @@ TrainResult Trainer::run() {
         values["lr/" + part.name] = lr;
         part.optimizer->step();
         part.optimizer->zero_grad();
+        if (part.ema) part.ema->update();
       }
       ++global_step_;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
       values["performance/images_per_second"] = static_cast<double>(images) / std::max(seconds, 1e-9);
       if (global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0) log_->log(global_step_, values, epoch + 1);
+      std::string rates;
+      for (const auto& part : parts_)
+        if (part.optimizer) rates += fmt::format("  lr {} {:.3g}", part.name == kUNet ? "unet" : "te", values["lr/" + part.name]);
       progress.update(global_step_ - session_start_step,
-                      fmt::format("epoch {}/{}  loss {:.4f}  {:.2f} img/s", epoch + 1, config_.training.epochs,
-                                  values["loss/step"], values["performance/images_per_second"]));
+                      fmt::format("epoch {}/{}  loss {:.4f}{}  {:.2f} img/s", epoch + 1, config_.training.epochs,
+                                  values["loss/step"], rates, values["performance/images_per_second"]));
       step_loss = 0;
       accumulated = 0;
       images = 0;
