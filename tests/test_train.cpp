@@ -15,6 +15,8 @@
 #include "logging/metrics_log.h"
 #include "logging/tensorboard.h"
 #include "train/ema.h"
+#include "train/latent_cache.h"
+#include "train/training_data.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -233,6 +235,60 @@ TEST_F(TrainTest, NoiseAndDataDoNotDependOnLearningRatesOrParts) {
   EXPECT_EQ(a.at("step"), b.at("step"));
   EXPECT_EQ(a.at("step"), c.at("step"));
   EXPECT_NE(a.at("step2"), b.at("step2"));  // after one update the runs part ways
+}
+
+// Latents are computed once per picture, bucket, flip and VAE; a changed picture or VAE is never
+// served a stale latent.
+TEST_F(TrainTest, LatentCacheIsReusedAndInvalidated) {
+  auto models = test::load_tiny_models();
+  const auto c = config();
+  std::ostringstream warnings;
+  const auto data = prepare_training_data(c, warnings);
+  const auto& item = data.train.front();
+  const auto cache_dir = dir_ / "cache";
+  DiagonalGaussian first;
+  {
+    LatentCache cache(cache_dir, models.vae, false, 1);
+    first = cache.get(item, false);
+    cache.get(item, true);
+    cache.get(item, false);
+    EXPECT_EQ(cache.encoded(), 2);  // plain and flipped; the third call came from memory
+  }
+  {
+    LatentCache cache(cache_dir, models.vae, false, 1);
+    EXPECT_TRUE(torch::equal(cache.get(item, false).mean, first.mean));
+    EXPECT_EQ(cache.encoded(), 0);  // read back from disk
+  }
+  // The VAE changes: everything is encoded again.
+  {
+    torch::NoGradGuard no_grad;
+    models.vae->named_parameters()[0].value().add_(0.01);
+  }
+  {
+    LatentCache cache(cache_dir, models.vae, false, 1);
+    EXPECT_FALSE(torch::equal(cache.get(item, false).mean, first.mean));
+    EXPECT_EQ(cache.encoded(), 1);
+  }
+  // The picture changes (new content, new modification time): encoded again.
+  write_synthetic_dataset(dir_ / "other", 1, 64, 99);
+  fs::copy_file(dir_ / "other" / "0000.png", item.image, fs::copy_options::overwrite_existing);
+  fs::last_write_time(item.image, fs::last_write_time(item.image) + std::chrono::seconds(5));
+  LatentCache cache(cache_dir, models.vae, false, 1);
+  cache.get(item, false);
+  EXPECT_EQ(cache.encoded(), 1);
+}
+
+TEST_F(TrainTest, DiffusersLayoutCheckpointsOnRequest) {
+  const auto result = run(config({"training.epochs=1", "checkpoints.layout=diffusers", "samples.prompts=''",
+                                  "validation.split=0.0", "validation.stabilize_items=0"}),
+                          dir_ / "diffusers");
+  ASSERT_EQ(result.checkpoints.size(), 1u);
+  EXPECT_TRUE(fs::is_directory(result.checkpoints[0]));
+  EXPECT_TRUE(fs::exists(result.checkpoints[0] / "unet" / "diffusion_pytorch_model.safetensors"));
+  const auto checkpoint = read_checkpoint(result.checkpoints[0]);
+  EXPECT_EQ(checkpoint.layout, CheckpointLayout::Diffusers);
+  // No validation set and no stabilised subset: no validation values logged.
+  for (const auto& line : read_metrics_jsonl(dir_ / "diffusers" / "metrics.jsonl")) EXPECT_FALSE(line.contains("loss/val"));
 }
 
 TEST(ExponentialMovingAverage, FollowsTheFormulaAndSwaps) {
