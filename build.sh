@@ -17,16 +17,13 @@ cmake --build "$build_dir" -j "$jobs"
 case "$what" in
   build) ;;
   demo)
-    # The main job until `kiln demo` exists: inspect the tiny reference model, sample from it and
-    # compare it with its diffusers-layout copy in a grid (demo-out/).
-    tiny=(tests/golden/tiny-sd/model.safetensors --config tests/golden/tiny-sd/diffusers-configs)
-    "$build_dir/kiln" inspect "${tiny[@]}"
-    "$build_dir/kiln" convert "${tiny[@]}" demo-out/tiny-diffusers --layout diffusers
-    "$build_dir/kiln" sample --model "${tiny[@]}" -p "a photo of a person" --seed 1 --batch 2 \
-      -W 128 -H 128 --steps 12 --out demo-out/samples
-    "$build_dir/kiln" grid --models tests/golden/tiny-sd/model.safetensors demo-out/tiny-diffusers \
-      --config tests/golden/tiny-sd/diffusers-configs --labels "single file" "diffusers folder" \
-      -p "a photo of a person" "black and white circles" --seeds 1 -W 128 -H 128 --steps 12 \
+    # The main job until `kiln demo` exists: fine-tune the tiny reference model on the generated
+    # shapes of examples/tiny-data, then compare its checkpoints in a grid and a GIF (demo-out/).
+    rm -rf demo-out
+    "$build_dir/kiln" train examples/tiny.toml --out demo-out/run
+    "$build_dir/kiln" grid --models tests/golden/tiny-sd/model.safetensors demo-out/run/checkpoints/e000{2,4,6}.safetensors \
+      --config tests/golden/tiny-sd/diffusers-configs --labels base "epoch 2" "epoch 4" "epoch 6" \
+      -p "a red circle, white background" "black and white circles" --seeds 1 -W 128 -H 128 --steps 12 \
       --gif --out demo-out/grid
     ;;
   test)
