@@ -9,6 +9,8 @@
 #include <toml++/toml.h>
 
 #include "diffusion/sampler.h"
+#include "train/lr_schedule.h"
+#include "train/optimizer_factory.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -55,6 +57,9 @@ void fields(V& v, PartSection& s) {
   v("eps", s.eps);
   v("schedule", s.schedule);
   v("warmup_steps", s.warmup_steps);
+  v("schedule_cycles", s.schedule_cycles);
+  v("schedule_power", s.schedule_power);
+  v("schedule_end_lr", s.schedule_end_lr);
   v("max_grad_norm", s.max_grad_norm);
   v("gradient_checkpointing", s.gradient_checkpointing);
 }
@@ -355,9 +360,14 @@ void validate(const RunConfig& c, const std::string& source) {
   for (const auto* part : {static_cast<const PartSection*>(&c.text_encoder), &c.unet}) {
     const auto name = part == &c.unet ? "unet" : "text_encoder";
     if (part->lr < 0) fail(fmt::format("{}.lr must be >= 0", name));
-    if (part->optimizer != "adamw") fail(fmt::format("{}.optimizer '{}' is not known (adamw)", name, part->optimizer));
-    if (part->schedule != "constant" && part->schedule != "linear" && part->schedule != "cosine")
-      fail(fmt::format("{}.schedule '{}' is not known (constant, linear, cosine)", name, part->schedule));
+    const auto optimizers = optimizer_names(), schedules = lr_schedule_names();
+    if (std::find(optimizers.begin(), optimizers.end(), part->optimizer) == optimizers.end())
+      fail(fmt::format("{}.optimizer '{}' is not known ({})", name, part->optimizer, fmt::join(optimizers, ", ")));
+    if (std::find(schedules.begin(), schedules.end(), part->schedule) == schedules.end())
+      fail(fmt::format("{}.schedule '{}' is not known ({})", name, part->schedule, fmt::join(schedules, ", ")));
+    if (part->schedule == "polynomial" && !(part->lr > part->schedule_end_lr))
+      fail(fmt::format("{}.schedule polynomial needs lr above schedule_end_lr", name));
+    if (part->schedule_cycles < 1) fail(fmt::format("{}.schedule_cycles must be at least 1", name));
     if (part->warmup_steps < 0) fail(fmt::format("{}.warmup_steps must be >= 0", name));
   }
   if (!c.text_encoder.train && !c.unet.train) fail("neither text_encoder.train nor unet.train is on: nothing to train");

@@ -43,11 +43,14 @@ struct DataSection {
 struct PartSection {
   bool train = true;
   double lr = 1e-6;
-  std::string optimizer = "adamw";
+  std::string optimizer = "adamw";  // adamw | adamw8bit | lion | sgd | dadapt_adam | prodigy
   double weight_decay = 1e-2;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  std::string schedule = "constant";  // constant | linear | cosine
+  std::string schedule = "constant";  // constant | linear | cosine | cosine_with_restarts | polynomial
   int64_t warmup_steps = 0;
+  int64_t schedule_cycles = 1;    // cosine_with_restarts
+  double schedule_power = 1.0;    // polynomial
+  double schedule_end_lr = 1e-7;  // polynomial
   double max_grad_norm = 1.0;  // 0: no clipping
   bool gradient_checkpointing = false;  // recompute blocks in backward: less memory, ~30 % more time
 };

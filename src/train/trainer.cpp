@@ -21,6 +21,7 @@
 #include "train/latent_cache.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
+#include "train/optimizer_factory.h"
 #include "train/run_seeds.h"
 #include "train/training_data.h"
 #include "util/atomic_file.h"
@@ -41,10 +42,9 @@ struct Part {
   std::string name;
   const PartSection* settings = nullptr;
   torch::nn::Module* module = nullptr;
-  std::unique_ptr<Optimizer> optimizer;
+  Optimizer* optimizer = nullptr;  // owned by the trainer's PartOptimizers (may be shared)
   std::unique_ptr<ExponentialMovingAverage> ema;
   std::vector<torch::Tensor> trainable;
-  LrSchedule schedule;
 };
 
 // Which text-encoder parameters stay fixed even when the text encoder trains.
@@ -54,10 +54,6 @@ bool frozen_in_text_encoder(const std::string& name, const TextEncoderSection& s
   for (int64_t layer = 0; layer < s.freeze_layers; ++layer)
     if (name.starts_with(fmt::format("text_model.encoder.layers.{}.", layer))) return true;
   return false;
-}
-
-std::unique_ptr<Optimizer> make_optimizer(const PartSection& s, std::vector<NamedParameter> parameters) {
-  return std::make_unique<AdamW>(std::move(parameters), AdamWOptions{s.lr, s.beta1, s.beta2, s.eps, s.weight_decay});
 }
 
 std::string epoch_name(int64_t epoch, int64_t batch) {
@@ -101,6 +97,8 @@ class Trainer {
   TrainingData data_;
   std::unique_ptr<LatentCache> cache_;
   std::vector<Part> parts_;
+  PartOptimizers optimizers_;
+  std::vector<LrSchedule> schedules_;  // one per optimizers_ entry
   std::set<std::string> trained_parts_;  // parts whose weights differ from the base model
   std::vector<TrainingItem> stabilize_items_;
   std::unique_ptr<MetricsLog> log_;
@@ -114,6 +112,7 @@ void Trainer::setup_parts() {
   models.text_encoder->set_gradient_checkpointing(config_.text_encoder.gradient_checkpointing);
   models.unet->set_gradient_checkpointing(config_.unet.gradient_checkpointing);
   parts_.clear();
+  std::vector<TrainedPart> trained;
   for (const auto& name : {kTextEncoder, kUNet}) {
     Part part;
     part.name = name;
@@ -133,11 +132,14 @@ void Trainer::setup_parts() {
     if (!parameters.empty()) {
       if (config_.training.ema_decay > 0)
         part.ema = std::make_unique<ExponentialMovingAverage>(parameters, config_.training.ema_decay);
-      part.optimizer = make_optimizer(*part.settings, std::move(parameters));
+      trained.push_back({part.name, part.settings, std::move(parameters)});
       trained_parts_.insert(part.name);
     }
     parts_.push_back(std::move(part));
   }
+  optimizers_ = make_optimizers(std::move(trained));
+  for (const auto& note : optimizers_.notes) say("note: " + note);
+  for (auto& part : parts_) part.optimizer = optimizers_.of_part(part.name);
 }
 
 void Trainer::set_train_mode(bool training) {
@@ -263,11 +265,11 @@ void Trainer::save(int64_t epoch, int64_t batch) {
     if (!trained_parts_.count(part.name)) continue;
     for (const auto& item : part.module->named_parameters())
       state["weights." + part.name + "." + item.key()] = item.value().detach();
-    if (part.optimizer)
-      for (const auto& [key, tensor] : part.optimizer->state()) state["optimizer." + part.name + "." + key] = tensor;
     if (part.ema)
       for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
   }
+  for (const auto& entry : optimizers_.entries)
+    for (const auto& [key, tensor] : entry.optimizer->state()) state["optimizer." + entry.state_prefix + "." + key] = tensor;
   SafeTensorsWriteOptions write;
   write.metadata = {{"kiln.epoch", std::to_string(epoch)},
                     {"kiln.batch", std::to_string(batch)},
@@ -302,13 +304,15 @@ void Trainer::restore(const fs::path& state_file) {
       item.value().copy_(state.tensor(key));
     }
   }
-  for (auto& part : parts_) {
-    if (!part.optimizer) continue;
+  for (auto& optimizer : optimizers_.entries) {
     StateDict optimizer_state;
-    const auto prefix = "optimizer." + part.name + ".";
+    const auto prefix = "optimizer." + optimizer.state_prefix + ".";
     for (const auto& entry : state.entries())
       if (entry.name.starts_with(prefix)) optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
-    part.optimizer->load_state(optimizer_state);
+    // A part that starts training at this resume (or changes optimizer) starts with fresh state.
+    if (!optimizer_state.empty()) optimizer.optimizer->load_state(optimizer_state);
+  }
+  for (auto& part : parts_) {
     // An average that was saved continues; one switched on at this resume starts from the weights.
     StateDict ema_state;
     const auto ema_prefix = "ema." + part.name + ".";
@@ -359,8 +363,11 @@ TrainResult Trainer::run() {
   const int64_t batches_per_epoch = static_cast<int64_t>(epoch_batches(data_.train, d.batch_size, config_.training.seed, 0).size());
   const int64_t steps_per_epoch = (batches_per_epoch + d.gradient_accumulation - 1) / d.gradient_accumulation;
   const int64_t total_steps = steps_per_epoch * config_.training.epochs;
-  for (auto& part : parts_)
-    part.schedule = {part.settings->schedule, part.settings->lr, part.settings->warmup_steps, total_steps};
+  for (const auto& entry : optimizers_.entries) {
+    const auto& s = *entry.schedule_from;
+    schedules_.push_back({s.schedule, entry.base_lr, s.warmup_steps, total_steps, s.schedule_cycles, s.schedule_power,
+                          s.schedule_end_lr});
+  }
   say("settings:\n" + to_toml(config_));
 
   set_train_mode(true);
@@ -425,13 +432,21 @@ TrainResult Trainer::run() {
         const double max_norm = part.settings->max_grad_norm > 0 ? part.settings->max_grad_norm
                                                                   : std::numeric_limits<double>::infinity();
         values["grad_norm/" + part.name] = torch::nn::utils::clip_grad_norm_(part.trainable, max_norm);
-        const double lr = learning_rate_at(part.schedule, global_step_);
-        part.optimizer->set_learning_rate(lr);
-        values["lr/" + part.name] = lr;
-        part.optimizer->step();
-        part.optimizer->zero_grad();
-        if (part.ema) part.ema->update();
       }
+      for (size_t o = 0; o < optimizers_.entries.size(); ++o) {
+        auto& entry = optimizers_.entries[o];
+        const double lr = learning_rate_at(schedules_[o], global_step_);
+        entry.optimizer->set_learning_rate(lr);
+        entry.optimizer->step();
+        entry.optimizer->zero_grad();
+        const auto diagnostics = entry.optimizer->diagnostics();
+        for (const auto& part : entry.parts) {
+          values["lr/" + part] = lr;
+          if (auto d = diagnostics.find("d"); d != diagnostics.end()) values["d/" + part] = d->second;
+        }
+      }
+      for (auto& part : parts_)
+        if (part.ema) part.ema->update();
       ++global_step_;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();

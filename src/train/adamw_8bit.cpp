@@ -1,0 +1,294 @@
+#include "train/adamw_8bit.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "util/error.h"
+
+namespace kiln {
+namespace {
+
+constexpr int64_t kMapSize = 256;
+
+// The CUDA kernel's quantize_2D: a binary search for the bracket map[i-1] < x ≤ map[i], then a
+// float32 midpoint test. The search ends on an even index, which wins exact midpoint ties; a NaN
+// (x = 0/0 from an all-zero block) fails every comparison and walks down to code 0.
+torch::Tensor nearest_codes(const torch::Tensor& x, const torch::Tensor& map) {
+  const auto index = torch::searchsorted(map, x);
+  const auto lower = (index - 1).clamp_min(0), upper = index.clamp_max(kMapSize - 1);
+  const auto midpoint = (torch::take(map, lower) + torch::take(map, upper)) * 0.5;
+  auto codes = torch::where(x < midpoint, lower, upper);
+  codes = torch::where(x == midpoint, torch::where(lower.bitwise_and(1) == 0, lower, upper), codes);
+  return codes.masked_fill_(torch::isnan(x), 0);
+}
+
+// torch.linspace(start, end, steps, dtype=float32) as current PyTorch computes it on x86-64: the
+// first half start + step·i, the second end − step·(steps − 1 − i), each a fused multiply-add (the
+// AVX2/AVX-512 kernel builds contract them). libtorch 1.13's own linspace is vectorised differently
+// and, like a float64 derivation, lands one ulp away on ~45 of the 256 map values.
+std::vector<float> linspace_float32(float start, float end, int64_t steps) {
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  std::vector<float> out(steps);
+  for (int64_t i = 0; i < steps; ++i)
+    out[i] = i < steps / 2 ? std::fma(step, static_cast<float>(i), start)
+                           : std::fma(-step, static_cast<float>(steps - 1 - i), end);
+  return out;
+}
+
+int64_t block_count(int64_t numel, int64_t block_size) { return (numel + block_size - 1) / block_size; }
+
+// The flattened tensor as [blocks, block_size], its tail filled with `fill`.
+torch::Tensor as_blocks(const torch::Tensor& flat, int64_t block_size, double fill) {
+  const int64_t blocks = block_count(flat.numel(), block_size);
+  return torch::constant_pad_nd(flat, {0, blocks * block_size - flat.numel()}, fill)
+      .view({blocks, block_size});
+}
+
+torch::Tensor first_elements(const torch::Tensor& blocks, int64_t numel) {
+  return blocks.reshape(-1).narrow(0, 0, numel);
+}
+
+// The kernels receive every hyper-parameter as float and derive the rest in float arithmetic; doing
+// the same here keeps e.g. 1 − β1 at 0.100000024f rather than the float nearest to 0.1.
+struct StepConstants {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, eps_correction2, step_size, decay;
+  bool decays;
+};
+
+StepConstants step_constants(const AdamW8bitOptions& options, double lr, int64_t step) {
+  StepConstants c{};
+  const float lr_f = static_cast<float>(lr), eps = static_cast<float>(options.eps);
+  const float weight_decay = static_cast<float>(options.weight_decay), t = static_cast<float>(step);
+  c.beta1 = static_cast<float>(options.beta1);
+  c.beta2 = static_cast<float>(options.beta2);
+  c.one_minus_beta1 = 1.0f - c.beta1;
+  c.one_minus_beta2 = 1.0f - c.beta2;
+  const float correction1 = 1.0f - std::pow(c.beta1, t);
+  const float correction2 = std::sqrt(1.0f - std::pow(c.beta2, t));
+  c.eps_correction2 = eps * correction2;
+  c.step_size = -lr_f * correction2 / correction1;
+  c.decays = weight_decay > 0.0f;
+  c.decay = 1.0f - lr_f * weight_decay;
+  return c;
+}
+
+// p + step_size·m/(√v + eps·√bc2), stored in the parameter's dtype, then the decoupled decay (also
+// stored): the kernels write the parameter back to T after each of the two operations.
+torch::Tensor adam_update(const torch::Tensor& param_f32, const torch::Tensor& m, const torch::Tensor& v,
+                          const StepConstants& c, torch::ScalarType dtype) {
+  auto updated = param_f32 + (m / (v.sqrt() + c.eps_correction2)) * c.step_size;
+  if (dtype != torch::kFloat32) updated = updated.to(dtype).to(torch::kFloat32);
+  if (c.decays) updated = updated * c.decay;
+  return updated;
+}
+
+}  // namespace
+
+torch::Tensor dynamic_quantization_map(bool is_signed) {
+  constexpr int kMaxExponentBits = 7, kNonSignBits = 7;
+  std::vector<float> data;
+  for (int i = 0; i < kMaxExponentBits; ++i) {
+    const int64_t items = (int64_t{1} << (i + kNonSignBits - kMaxExponentBits + (is_signed ? 0 : 1))) + 1;
+    const auto boundaries = linspace_float32(0.1f, 1.0f, items);
+    // bitsandbytes multiplies the float32 means by a Python float, which torch rounds to float first.
+    const float scale = static_cast<float>(std::pow(10.0, i - (kMaxExponentBits - 1)));
+    for (int64_t j = 0; j + 1 < items; ++j) {
+      const float mean = (boundaries[j] + boundaries[j + 1]) / 2.0f;
+      data.push_back(scale * mean);
+      if (is_signed) data.push_back(-scale * mean);
+    }
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  if (static_cast<int64_t>(data.size()) != kMapSize)
+    throw Error("dynamic quantisation map has the wrong size");
+  std::sort(data.begin(), data.end());
+  return torch::tensor(data, torch::kFloat32);
+}
+
+BlockQuantized quantize_blockwise(const torch::Tensor& x, const torch::Tensor& map, int64_t block_size) {
+  if (block_size <= 0) throw Error("quantize_blockwise: block size must be positive");
+  if (map.numel() != kMapSize) throw Error("quantize_blockwise: the map must hold 256 values");
+  torch::NoGradGuard no_grad;
+  const auto code_map = map.to(torch::kFloat32).contiguous();
+  const auto flat = x.detach().reshape(-1).to(torch::kFloat32);
+  // Zero padding leaves every block's absmax as it is.
+  const auto blocks = as_blocks(flat, block_size, 0.0);
+  auto absmax = blocks.abs().amax(1);
+  const auto codes = nearest_codes(blocks / absmax.unsqueeze(1), code_map);
+  return {first_elements(codes, flat.numel()).to(torch::kUInt8).view(x.sizes()), std::move(absmax),
+          x.sizes().vec()};
+}
+
+torch::Tensor dequantize_blockwise(const BlockQuantized& q, const torch::Tensor& map, int64_t block_size) {
+  if (block_size <= 0) throw Error("dequantize_blockwise: block size must be positive");
+  if (map.numel() != kMapSize) throw Error("dequantize_blockwise: the map must hold 256 values");
+  int64_t numel = 1;
+  for (const int64_t d : q.shape) numel *= d;
+  if (q.codes.numel() != numel || q.absmax.numel() != block_count(numel, block_size))
+    throw Error("dequantize_blockwise: codes or absmax do not fit the shape and block size");
+  torch::NoGradGuard no_grad;
+  const auto values = torch::take(map.to(torch::kFloat32), q.codes.reshape(-1).to(torch::kLong));
+  const auto scale = q.absmax.to(torch::kFloat32).repeat_interleave(block_size).narrow(0, 0, numel);
+  return (values * scale).view(q.shape);
+}
+
+AdamW8bit::AdamW8bit(std::vector<NamedParameter> parameters, const AdamW8bitOptions& options)
+    : Optimizer(std::move(parameters)),
+      options_(options),
+      map1_(dynamic_quantization_map(true)),
+      map2_(dynamic_quantization_map(false)) {
+  lr_ = options.lr;
+  // bitsandbytes' own argument checks.
+  if (options.lr < 0) throw Error("AdamW8bit: learning rate must be ≥ 0");
+  if (options.eps < 0) throw Error("AdamW8bit: eps must be ≥ 0");
+  if (options.beta1 < 0 || options.beta1 >= 1 || options.beta2 < 0 || options.beta2 >= 1)
+    throw Error("AdamW8bit: betas must lie in [0, 1)");
+  if (options.weight_decay < 0) throw Error("AdamW8bit: weight decay must be ≥ 0");
+  if (options.block_size <= 0) throw Error("AdamW8bit: block size must be positive");
+}
+
+void AdamW8bit::step() {
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters_) {
+    const auto& grad = p.tensor.grad();
+    if (!grad.defined()) continue;
+    auto& slot = slots_[p.name];
+    if (!slot.state1.defined()) {
+      slot.quantized = p.tensor.numel() >= options_.min_8bit_size;
+      const auto options = p.tensor.options().dtype(slot.quantized ? torch::kUInt8 : torch::kFloat32);
+      slot.state1 = torch::zeros(p.tensor.sizes(), options);
+      slot.state2 = torch::zeros(p.tensor.sizes(), options);
+      if (slot.quantized) {
+        const int64_t blocks = block_count(p.tensor.numel(), options_.block_size);
+        slot.absmax1 = torch::zeros({blocks}, p.tensor.options().dtype(torch::kFloat32));
+        slot.absmax2 = torch::zeros({blocks}, p.tensor.options().dtype(torch::kFloat32));
+      }
+    }
+    slot.step += 1;
+    if (slot.quantized)
+      step_quantized(p.tensor, grad, slot);
+    else
+      step_32bit(p.tensor, grad, slot);
+  }
+}
+
+void AdamW8bit::step_quantized(torch::Tensor& param, const torch::Tensor& grad, Slot& slot) const {
+  const auto c = step_constants(options_, lr_, slot.step);
+  const int64_t numel = param.numel(), block_size = options_.block_size;
+  // Past the end of the last block the kernel loads g = 0 and codes 128 / 0 (its out-of-range
+  // defaults); those lanes take part in the block's absmax like real elements.
+  const auto g = as_blocks(grad.reshape(-1).to(torch::kFloat32), block_size, 0.0);
+  const auto codes1 = as_blocks(slot.state1.reshape(-1), block_size, 128.0).to(torch::kLong);
+  const auto codes2 = as_blocks(slot.state2.reshape(-1), block_size, 0.0).to(torch::kLong);
+  // A non-finite gradient resets its element's moments and leaves the parameter alone.
+  const auto finite = torch::isfinite(g);
+  auto m = torch::take(map1_, codes1) * slot.absmax1.unsqueeze(1);
+  auto v = torch::take(map2_, codes2) * slot.absmax2.unsqueeze(1);
+  v = (v * c.beta2).add_((g * c.one_minus_beta2).mul_(g)).masked_fill_(finite.logical_not(), 0.0);
+  m = (m * c.beta1).add_(g * c.one_minus_beta1).masked_fill_(finite.logical_not(), 0.0);
+  auto absmax1 = m.abs().amax(1), absmax2 = v.abs().amax(1);
+
+  // The step uses the fresh fp32 moments; only what is stored for the next step is quantised.
+  const auto param_f32 = param.reshape(-1).to(torch::kFloat32);
+  const auto updated =
+      adam_update(param_f32, first_elements(m, numel), first_elements(v, numel), c, param.scalar_type());
+  param.copy_(torch::where(first_elements(finite, numel), updated, param_f32).view(param.sizes()));
+
+  auto new_codes1 = nearest_codes(m / absmax1.unsqueeze(1), map1_);
+  // The kernel keeps m's sign through quantisation (a small negative m would otherwise round to the
+  // 0 code), stepping one code towards it in uint8 arithmetic: an all-zero block's code 0 (−0.993)
+  // wraps to 255, harmless since its absmax is 0.
+  const auto sign_lost = torch::signbit(torch::take(map1_, new_codes1)) != torch::signbit(m);
+  const auto towards = torch::ones_like(new_codes1).masked_fill_(m <= 0, -1);
+  new_codes1 = torch::where(sign_lost, new_codes1 + towards, new_codes1).bitwise_and(kMapSize - 1);
+  const auto new_codes2 = nearest_codes(v / absmax2.unsqueeze(1), map2_);
+
+  slot.state1 = first_elements(new_codes1, numel).to(torch::kUInt8).view(param.sizes());
+  slot.state2 = first_elements(new_codes2, numel).to(torch::kUInt8).view(param.sizes());
+  slot.absmax1 = std::move(absmax1);
+  slot.absmax2 = std::move(absmax2);
+}
+
+void AdamW8bit::step_32bit(torch::Tensor& param, const torch::Tensor& grad, Slot& slot) const {
+  const auto c = step_constants(options_, lr_, slot.step);
+  const auto g = grad.to(torch::kFloat32);
+  // kOptimizer32bit2State's expressions: (1 − β2)·(g·g) here, where the 8-bit kernel has ((1 − β2)·g)·g.
+  slot.state1.mul_(c.beta1).add_(g * c.one_minus_beta1);
+  slot.state2.mul_(c.beta2).add_((g * g).mul_(c.one_minus_beta2));
+  param.copy_(adam_update(param.to(torch::kFloat32), slot.state1, slot.state2, c, param.scalar_type()));
+}
+
+StateDict AdamW8bit::state() const {
+  StateDict out;
+  for (const auto& [name, slot] : slots_) {
+    out[name + ".state1"] = slot.state1;
+    out[name + ".state2"] = slot.state2;
+    if (slot.quantized) {
+      out[name + ".absmax1"] = slot.absmax1;
+      out[name + ".absmax2"] = slot.absmax2;
+    }
+    out[name + ".step"] = torch::tensor(slot.step, torch::kInt64);
+  }
+  return out;
+}
+
+void AdamW8bit::load_state(const StateDict& state) {
+  std::map<std::string, Slot> slots;
+  for (const auto& p : parameters_) {
+    const auto s1 = state.find(p.name + ".state1");
+    if (s1 == state.end()) continue;  // never updated before the save
+    const auto s2 = state.find(p.name + ".state2"), step = state.find(p.name + ".step");
+    if (s2 == state.end() || step == state.end())
+      throw Error("AdamW8bit state of " + p.name + " is incomplete");
+    if (s1->second.sizes() != p.tensor.sizes() || s2->second.sizes() != p.tensor.sizes())
+      throw Error("AdamW8bit state of " + p.name + " does not fit the parameter's shape");
+    Slot slot;
+    slot.quantized = p.tensor.numel() >= options_.min_8bit_size;
+    slot.step = step->second.item<int64_t>();
+    const auto device = p.tensor.device();
+    if (slot.quantized) {
+      if (s1->second.scalar_type() != torch::kUInt8 || s2->second.scalar_type() != torch::kUInt8)
+        throw Error("AdamW8bit state of " + p.name + " is not 8-bit although the parameter has " +
+                    std::to_string(p.tensor.numel()) + " elements (min_8bit_size " +
+                    std::to_string(options_.min_8bit_size) + ")");
+      const auto a1 = state.find(p.name + ".absmax1"), a2 = state.find(p.name + ".absmax2");
+      if (a1 == state.end() || a2 == state.end())
+        throw Error("AdamW8bit state of " + p.name + " lacks absmax");
+      const int64_t blocks = block_count(p.tensor.numel(), options_.block_size);
+      for (const auto& absmax : {a1->second, a2->second})
+        if (absmax.dim() != 1 || absmax.size(0) != blocks)
+          throw Error("AdamW8bit state of " + p.name + " has " + std::to_string(absmax.numel()) +
+                      " absmax blocks where block size " + std::to_string(options_.block_size) + " gives " +
+                      std::to_string(blocks) + " (bitsandbytes < 0.44 used blocks of 2048)");
+      slot.state1 = s1->second.to(device).clone();
+      slot.state2 = s2->second.to(device).clone();
+      slot.absmax1 = a1->second.to(device, torch::kFloat32).clone();
+      slot.absmax2 = a2->second.to(device, torch::kFloat32).clone();
+    } else {
+      if (!s1->second.is_floating_point() || !s2->second.is_floating_point())
+        throw Error("AdamW8bit state of " + p.name +
+                    " is 8-bit although the parameter is below min_8bit_size");
+      slot.state1 = s1->second.to(device, torch::kFloat32).clone();
+      slot.state2 = s2->second.to(device, torch::kFloat32).clone();
+    }
+    slots[p.name] = std::move(slot);
+  }
+  size_t expected = 0;
+  for (const auto& [name, tensor] : state) expected += name.ends_with(".state1") ? 1 : 0;
+  if (expected != slots.size()) throw Error("AdamW8bit state holds parameters this optimizer does not train");
+  slots_ = std::move(slots);
+}
+
+int64_t AdamW8bit::state_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [name, slot] : slots_)
+    for (const auto* t : {&slot.state1, &slot.state2, &slot.absmax1, &slot.absmax2})
+      if (t->defined()) bytes += static_cast<int64_t>(t->nbytes());
+  return bytes;
+}
+
+}  // namespace kiln
