@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build}"
-cmake --build "$build" --target kiln_cli bench_networks bench_load bench_sampling bench_train -j "$(nproc)"
+cmake --build "$build" --target kiln_cli bench_networks bench_load bench_sampling bench_train bench_optimizers -j "$(nproc)"
 tmp="${TMPDIR:-/tmp}"
 sd15="$tmp/kiln-bench-sd15-fp16.safetensors"
 [ -f "$sd15" ] || "$build/kiln" init "$sd15" --arch sd15 --dtype fp16 --seed 0
@@ -52,5 +52,13 @@ cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   "$build/bench/bench_train" tiny 128 2 0 5
   "$build/bench/bench_train" tiny 128 8 0 5
   for c in 1 0; do prlimit --as=23000000000 "$build/bench/bench_train" sd15 512 1 "$c" 2; done
+  echo
+  echo "## Optimizer step and state on the SD 1.5 UNet parameters (random gradients), one process per row"
+  echo
+  echo "| optimizer | parameters | s/step | state bytes/param | state GiB | peak RSS GiB |"
+  echo "|---|---|---|---|---|---|"
+  for o in adamw adamw8bit lion sgd dadapt_adam prodigy; do
+    prlimit --as=23000000000 "$build/bench/bench_optimizers" "$o" 3 || echo "| $o | failed (memory limit) |||||"
+  done
 } | tee "$out"
 echo "wrote $out"
