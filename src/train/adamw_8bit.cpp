@@ -26,9 +26,10 @@ torch::Tensor nearest_codes(const torch::Tensor& x, const torch::Tensor& map) {
 }
 
 // torch.linspace(start, end, steps, dtype=float32) as current PyTorch computes it on x86-64: the
-// first half start + step·i, the second end − step·(steps − 1 − i), each a fused multiply-add (the
-// AVX2/AVX-512 kernel builds contract them). libtorch 1.13's own linspace is vectorised differently
-// and, like a float64 derivation, lands one ulp away on ~45 of the 256 map values.
+// first half start + step·i, the second end − step·(steps − 1 − i), each a fused multiply-add (its
+// AVX2/AVX-512 kernel builds contract them; a published dump of bnb's signed map matches this form in
+// all 256 entries, the unfused one in 214). libtorch 1.13's own, vectorised linspace and a float64
+// derivation both land an ulp or two off on dozens of the map's values.
 std::vector<float> linspace_float32(float start, float end, int64_t steps) {
   const float step = (end - start) / static_cast<float>(steps - 1);
   std::vector<float> out(steps);
