@@ -31,6 +31,7 @@ std::unique_ptr<Optimizer> single(const PartSection& s, std::vector<NamedParamet
   if (s.optimizer == "adamw8bit") {
     AdamW8bitOptions o;
     o.lr = s.lr, o.beta1 = s.beta1, o.beta2 = s.beta2, o.eps = s.eps, o.weight_decay = s.weight_decay;
+    o.block_size = s.block_size;
     return std::make_unique<AdamW8bit>(std::move(p), o);
   }
   if (s.optimizer == "lion") return std::make_unique<Lion>(std::move(p), LionOptions{s.lr, s.beta1, s.beta2, s.weight_decay});

@@ -55,6 +55,7 @@ void fields(V& v, PartSection& s) {
   v("beta1", s.beta1);
   v("beta2", s.beta2);
   v("eps", s.eps);
+  v("block_size", s.block_size);
   v("schedule", s.schedule);
   v("warmup_steps", s.warmup_steps);
   v("schedule_cycles", s.schedule_cycles);
@@ -114,6 +115,13 @@ void fields(V& v, SamplesSection& s) {
   v("seed", s.seed);
 }
 template <typename V>
+void fields(V& v, LoraSection& s) {
+  v("enabled", s.enabled);
+  v("rank", s.rank);
+  v("alpha", s.alpha);
+  v("targets", s.targets);
+}
+template <typename V>
 void fields(V& v, LoggingSection& s) {
   v("tensorboard", s.tensorboard);
   v("every_steps", s.every_steps);
@@ -131,6 +139,7 @@ void sections(V& v, RunConfig& c) {
   v.section("validation", c.validation);
   v.section("checkpoints", c.checkpoints);
   v.section("samples", c.samples);
+  v.section("lora", c.lora);
   v.section("logging", c.logging);
 }
 
@@ -165,7 +174,7 @@ class Reader {
     for (const auto& [key, value] : doc_)
       if (!known_sections_.count(std::string(key.str())))
         throw Error(fmt::format("{}: unknown section [{}] (model, data, text_encoder, unet, noise, loss, training, "
-                                "validation, checkpoints, samples, logging)",
+                                "validation, checkpoints, samples, lora, logging)",
                                 source_, key.str()));
   }
 
@@ -368,6 +377,7 @@ void validate(const RunConfig& c, const std::string& source) {
     if (part->schedule == "polynomial" && !(part->lr > part->schedule_end_lr))
       fail(fmt::format("{}.schedule polynomial needs lr above schedule_end_lr", name));
     if (part->schedule_cycles < 1) fail(fmt::format("{}.schedule_cycles must be at least 1", name));
+    if (part->block_size < 1) fail(fmt::format("{}.block_size must be at least 1", name));
     if (part->warmup_steps < 0) fail(fmt::format("{}.warmup_steps must be >= 0", name));
   }
   if (!c.text_encoder.train && !c.unet.train) fail("neither text_encoder.train nor unet.train is on: nothing to train");
@@ -388,6 +398,7 @@ void validate(const RunConfig& c, const std::string& source) {
     fail("validation.every_epochs and stabilize_items must be >= 0, timesteps_per_item >= 1");
   if (c.checkpoints.every_epochs < 0) fail("checkpoints.every_epochs must be >= 0");
   if (c.samples.steps < 1) fail("samples.steps must be at least 1");
+  if (c.lora.enabled && (c.lora.rank < 1 || c.lora.alpha <= 0)) fail("lora.rank must be >= 1 and lora.alpha > 0");
   const auto samplers = sampler_names();
   if (std::find(samplers.begin(), samplers.end(), c.samples.sampler) == samplers.end())
     fail(fmt::format("samples.sampler '{}' is not known ({})", c.samples.sampler, fmt::join(samplers, ", ")));

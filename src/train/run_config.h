@@ -46,6 +46,7 @@ struct PartSection {
   std::string optimizer = "adamw";  // adamw | adamw8bit | lion | sgd | dadapt_adam | prodigy
   double weight_decay = 1e-2;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int64_t block_size = 256;  // adamw8bit: elements per quantisation block (bitsandbytes >= 0.44: 256)
   std::string schedule = "constant";  // constant | linear | cosine | cosine_with_restarts | polynomial
   int64_t warmup_steps = 0;
   int64_t schedule_cycles = 1;    // cosine_with_restarts
@@ -102,6 +103,13 @@ struct SamplesSection {
   uint64_t seed = 1;  // the seed of every prompt that does not set its own
 };
 
+struct LoraSection {
+  bool enabled = false;  // train a LoRA (kohya format) instead of the full weights
+  int64_t rank = 4;
+  double alpha = 1.0;
+  std::vector<std::string> targets{"unet_attention", "unet_proj", "unet_ff", "text_encoder"};
+};
+
 struct LoggingSection {
   bool tensorboard = true;
   int64_t every_steps = 1;
@@ -118,6 +126,7 @@ struct RunConfig {
   ValidationSection validation;
   CheckpointSection checkpoints;
   SamplesSection samples;
+  LoraSection lora;
   LoggingSection logging;
 };
 

@@ -20,6 +20,7 @@ enum class RandomStream : uint64_t {
   Crop = 6,
   Latent = 7,
   Selection = 8,  // which pictures are held out or watched by the stabilised loss
+  Lora = 9,       // initial LoRA down-projections
 };
 
 // A 64-bit seed for one stream at one coordinate (splitmix64 over the parts).

@@ -19,6 +19,7 @@
 #include "train/diffusion_loss.h"
 #include "train/ema.h"
 #include "train/latent_cache.h"
+#include "train/lora_adapter.h"
 #include "train/lr_schedule.h"
 #include "train/optimizer.h"
 #include "train/optimizer_factory.h"
@@ -85,6 +86,8 @@ class Trainer {
   double fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream);
   void evaluate(int64_t epoch);
   void save(int64_t epoch, int64_t batch);
+  void save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
+                            const std::string& settings);
   void write_samples(const std::string& name);
   std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
@@ -97,6 +100,7 @@ class Trainer {
   TrainingData data_;
   std::unique_ptr<LatentCache> cache_;
   std::vector<Part> parts_;
+  std::unique_ptr<LoraAdapter> lora_;  // set when the run trains a LoRA instead of the weights
   PartOptimizers optimizers_;
   std::vector<LrSchedule> schedules_;  // one per optimizers_ entry
   std::set<std::string> trained_parts_;  // parts whose weights differ from the base model
@@ -111,6 +115,12 @@ void Trainer::setup_parts() {
   auto& models = model_->models;
   models.text_encoder->set_gradient_checkpointing(config_.text_encoder.gradient_checkpointing);
   models.unet->set_gradient_checkpointing(config_.unet.gradient_checkpointing);
+  if (config_.lora.enabled) {
+    const auto& l = config_.lora;
+    lora_ = std::make_unique<LoraAdapter>(models, LoraOptions{l.rank, l.alpha, l.targets}, config_.text_encoder.train,
+                                          config_.unet.train, config_.training.seed);
+    say(fmt::format("LoRA: {} modules, rank {}, alpha {}", lora_->modules(), l.rank, l.alpha));
+  }
   parts_.clear();
   std::vector<TrainedPart> trained;
   for (const auto& name : {kTextEncoder, kUNet}) {
@@ -121,12 +131,18 @@ void Trainer::setup_parts() {
     part.module = is_te ? static_cast<torch::nn::Module*>(models.text_encoder.get()) : models.unet.get();
     std::vector<NamedParameter> parameters;
     for (const auto& item : part.module->named_parameters()) {
-      const bool trains = part.settings->train && !(is_te && frozen_in_text_encoder(item.key(), config_.text_encoder));
+      // With a LoRA the base weights stay frozen; the LoRA's own matrices train instead.
+      const bool trains = !lora_ && part.settings->train &&
+                          !(is_te && frozen_in_text_encoder(item.key(), config_.text_encoder));
       item.value().set_requires_grad(trains);
       if (trains) {
         parameters.push_back({item.key(), item.value()});
         part.trainable.push_back(item.value());
       }
+    }
+    if (lora_ && part.settings->train) {
+      parameters = lora_->parameters(part.name);
+      for (const auto& p : parameters) part.trainable.push_back(p.tensor);
     }
     // A switched-off part gets no optimizer and no state: its weights stay bit-identical.
     if (!parameters.empty()) {
@@ -164,6 +180,7 @@ torch::Tensor Trainer::encode_captions(const std::vector<std::string>& captions,
 double Trainer::fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream) {
   if (items.empty()) return std::nan("");
   torch::NoGradGuard no_grad;
+  if (lora_) lora_->inject();
   set_train_mode(false);
   const int64_t per_item = std::max<int64_t>(1, config_.validation.timesteps_per_item);
   const auto scale = model_->models.vae->scaling_factor();
@@ -217,6 +234,8 @@ void Trainer::write_samples(const std::string& name) {
   const auto prompts = sample_prompts();
   const auto dir = options_.run_dir / "samples" / name;
   fs::create_directories(dir);
+  torch::NoGradGuard no_grad;
+  if (lora_) lora_->inject();
   Txt2Img txt2img(model_->models, model_->tokenizer);
   ModelIdentity identity{name, ""};
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -235,9 +254,13 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   fs::create_directories(dir);
   const auto name = epoch_name(epoch, batch);
   const auto layout = parse_layout(config_.checkpoints.layout);
-  const auto path = dir / (layout == CheckpointLayout::Ldm ? name + ".safetensors" : name);
-  auto checkpoint = checkpoint_from_models(model_->models);
+  const auto path = dir / (layout == CheckpointLayout::Ldm || lora_ ? name + ".safetensors" : name);
   const std::string settings = to_toml(config_);
+  if (lora_) {
+    save_lora_checkpoint(path, name, epoch, batch, settings);
+    return;
+  }
+  auto checkpoint = checkpoint_from_models(model_->models);
   checkpoint.metadata["kiln.run_config"] = settings;
   checkpoint.metadata["kiln.epoch"] = std::to_string(epoch);
   checkpoint.metadata["kiln.global_step"] = std::to_string(global_step_);
@@ -282,6 +305,40 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   write_samples(name);
 }
 
+// A LoRA run's checkpoint is the LoRA file itself (kohya format, loadable by A1111, ComfyUI,
+// stable-diffusion.cpp); its resume state holds the fp32 LoRA matrices and the optimizer state.
+void Trainer::save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
+                                   const std::string& settings) {
+  Metadata metadata{{"kiln.run_config", settings},
+                    {"kiln.epoch", std::to_string(epoch)},
+                    {"kiln.global_step", std::to_string(global_step_)},
+                    {"kiln.version", KILN_VERSION},
+                    {"ss_base_model", config_.model.checkpoint},
+                    {"ss_epoch", std::to_string(epoch)},
+                    {"ss_steps", std::to_string(global_step_)},
+                    {"ss_seed", std::to_string(config_.training.seed)},
+                    {"ss_clip_skip", std::to_string(config_.text_encoder.clip_skip)},
+                    {"ss_learning_rate", fmt::format("{}", config_.unet.lr)},
+                    {"ss_text_encoder_lr", fmt::format("{}", config_.text_encoder.lr)},
+                    {"ss_unet_lr", fmt::format("{}", config_.unet.lr)}};
+  lora_->save(path, parse_dtype(config_.checkpoints.dtype), metadata);
+  StateDict state;
+  for (const auto& part : parts_)
+    for (const auto& p : lora_->parameters(part.name)) state["lora." + p.name] = p.tensor.detach();
+  for (const auto& entry : optimizers_.entries)
+    for (const auto& [key, tensor] : entry.optimizer->state()) state["optimizer." + entry.state_prefix + "." + key] = tensor;
+  SafeTensorsWriteOptions write;
+  write.metadata = {{"kiln.epoch", std::to_string(epoch)},
+                    {"kiln.batch", std::to_string(batch)},
+                    {"kiln.global_step", std::to_string(global_step_)},
+                    {"kiln.trained_parts", ""},
+                    {"kiln.run_config", settings}};
+  save_safetensors(path.parent_path() / (name + ".state.safetensors"), state, write);
+  result_.checkpoints.push_back(path);
+  say("saved " + path.string());
+  write_samples(name);
+}
+
 void Trainer::restore(const fs::path& state_file) {
   const auto state = SafeTensorsFile::open(state_file);
   const auto& meta = state.metadata();
@@ -303,6 +360,14 @@ void Trainer::restore(const fs::path& state_file) {
       if (!state.contains(key)) throw_file_error(state_file, "misses " + key);
       item.value().copy_(state.tensor(key));
     }
+  }
+  if (lora_) {
+    for (const auto& part : parts_)
+      for (const auto& p : lora_->parameters(part.name)) {
+        const auto key = "lora." + p.name;
+        if (!state.contains(key)) throw_file_error(state_file, "misses " + key);
+        p.tensor.detach().copy_(state.tensor(key));
+      }
   }
   for (auto& optimizer : optimizers_.entries) {
     StateDict optimizer_state;
@@ -413,6 +478,7 @@ TrainResult Trainer::run() {
       if (config_.noise.offset > 0) noise = noise + config_.noise.offset * offset;
       const auto x0 = (mean + std * latent_noise) * scale;
 
+      if (lora_) lora_->inject();  // this step's W₀ + (α/r)·U·D, with a graph to U and D
       const auto context = encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
       const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
       const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
