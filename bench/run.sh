@@ -60,5 +60,9 @@ cpu="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   for o in adamw adamw8bit lion sgd dadapt_adam prodigy; do
     prlimit --as=23000000000 "$build/bench/bench_optimizers" "$o" 3 || echo "| $o | failed (memory limit) |||||"
   done
+  echo
+  echo "## Model surgery on full-size SD 1.5 fp16 files (bench/surgery.sh)"
+  echo
+  bench/surgery.sh "$build"
 } | tee "$out"
 echo "wrote $out"

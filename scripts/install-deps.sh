@@ -12,6 +12,7 @@ packages=(
   libopencv-imgcodecs-dev libopencv-imgproc-dev libopencv-core-dev  # decoding and resizing training pictures
   fonts-dejavu-core                  # the TrueType font of grid labels
   libgtest-dev libgmock-dev libbenchmark-dev
+  time                               # GNU time: peak memory in bench/surgery.sh
   clang libclang-rt-14-dev           # libFuzzer target for the safetensors header parser
 )
 missing=()

@@ -87,6 +87,9 @@ void add_sample_command(CLI::App& app) {
                                   "per-prompt seed, cfg, steps, width, height, sampler, negative");
   prompt->excludes(prompts);
   cmd->add_option("--out,-o", command->out, "output folder")->capture_default_str();
+  cmd->add_option("--lora", command->sample.loras,
+                  "LoRA file added into the weights for this run, FILE or FILE:RATIO (default 1); repeatable")
+      ->allow_extra_args(false);
   cmd->callback([command, prompt, prompts] {
     if (prompt->count() == 0 && prompts->count() == 0) throw Error("give --prompt TEXT or --prompts FILE");
     run_sample(*command);

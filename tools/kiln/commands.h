@@ -10,5 +10,7 @@ void add_init_command(CLI::App& app);
 void add_sample_command(CLI::App& app);
 void add_grid_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+void add_merge_command(CLI::App& app);
+void add_lora_command(CLI::App& app);
 
 }  // namespace kiln::cli

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   kiln::cli::add_sample_command(app);
   kiln::cli::add_grid_command(app);
   kiln::cli::add_train_command(app);
+  kiln::cli::add_merge_command(app);
+  kiln::cli::add_lora_command(app);
   try {
     kiln::configure_threads();
     app.parse(argc, argv);

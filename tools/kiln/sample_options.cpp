@@ -7,6 +7,8 @@
 #include <random>
 
 #include "diffusion/sampler.h"
+#include "surgery/lora.h"
+#include "surgery/lora_merge.h"
 
 namespace kiln::cli {
 
@@ -31,6 +33,14 @@ LoadedModel SampleOptions::load(const std::string& model_path) const {
   std::optional<std::filesystem::path> config_path;
   if (!config.empty()) config_path = config;
   auto loaded = load_model(model_path.empty() ? model : model_path, config_path);
+  if (!loras.empty()) {
+    const LoraTargets targets = lora_targets(loaded.models);
+    for (const auto& text : loras) {
+      const auto spec = parse_lora_spec(text);
+      apply_lora(loaded.models, read_lora(spec.path, targets), spec.ratio);
+      std::cerr << fmt::format("applied LoRA {} at {}\n", spec.path.string(), spec.ratio);
+    }
+  }
   const AttentionOptions options{parse_attention_kernel(attention)};
   loaded.models.unet->set_attention(options);
   loaded.models.vae->set_attention(options);

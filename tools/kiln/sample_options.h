@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <string>
+#include <vector>
 
 #include "models/attention.h"
 #include "pipeline/generation_settings.h"
@@ -24,9 +25,13 @@ struct SampleOptions {
   int64_t clip_skip = 1;
   int64_t batch = 1;
   std::string attention = "auto";
+  // FILE or FILE:RATIO, applied in order after loading. Only `kiln sample` sets it: grid cells are
+  // cached by checkpoint hash, which a runtime LoRA would not change.
+  std::vector<std::string> loras;
 
   GenerationSettings settings() const;  // resolves a random seed once
-  // Loads --model (with --config) and applies --attention to its UNet and VAE.
+  // Loads --model (with --config), adds the --lora deltas into its weights and applies --attention
+  // to its UNet and VAE.
   LoadedModel load(const std::string& model_path = "") const;
 };
 
