@@ -41,7 +41,9 @@ std::string kohya_name(const std::string& prefix, const std::string& path) {
 
 LoraAdapter::LoraAdapter(StableDiffusionModels& models, const LoraOptions& options, bool text_encoder, bool unet,
                          uint64_t seed)
-    : options_(options) {
+    : options_(options), seed_(seed) {
+  if (options.rank_dropout < 0 || options.rank_dropout >= 1 || options.module_dropout < 0 || options.module_dropout >= 1)
+    throw Error("lora.rank_dropout and lora.module_dropout must be in [0, 1)");
   for (const auto& t : options.targets)
     if (t != "unet_attention" && t != "unet_proj" && t != "unet_ff" && t != "text_encoder" && t != "unet_conv")
       throw Error("unknown lora target '" + t + "' (unet_attention, unet_proj, unet_ff, text_encoder, unet_conv)");
@@ -102,11 +104,28 @@ std::vector<NamedParameter> LoraAdapter::parameters(const std::string& part) con
   return out;
 }
 
-void LoraAdapter::inject() {
+void LoraAdapter::inject(std::optional<int64_t> dropout_step) {
   const double scale = options_.alpha / static_cast<double>(options_.rank);
-  for (auto& t : targets_) {
-    const auto delta = torch::matmul(t.up.flatten(1), t.down.flatten(1)).reshape(t.base.sizes());
-    *t.weight = t.base + scale * delta;
+  const bool dropout = dropout_step && (options_.rank_dropout > 0 || options_.module_dropout > 0);
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    auto& t = targets_[i];
+    auto up = t.up.flatten(1);
+    double module_scale = scale;
+    if (dropout) {
+      // One generator per module and step: the masks depend on the seed and the step only.
+      auto generator = make_generator(seed_, RandomStream::Lora, i, static_cast<uint64_t>(*dropout_step) + 1);
+      if (torch::rand({1}, generator).item<double>() < options_.module_dropout) {
+        *t.weight = t.base;
+        continue;
+      }
+      if (options_.rank_dropout > 0) {
+        const auto keep = (torch::rand({options_.rank}, generator) >= options_.rank_dropout).to(up.scalar_type());
+        up = up * keep;
+        module_scale /= 1.0 - options_.rank_dropout;
+      }
+    }
+    const auto delta = torch::matmul(up, t.down.flatten(1)).reshape(t.base.sizes());
+    *t.weight = t.base + module_scale * delta;
   }
 }
 

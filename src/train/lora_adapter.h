@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,10 @@ struct LoraOptions {
   // ff.net.2), text_encoder (self-attention q, k, v, out and mlp fc1, fc2), unet_conv (resnet and
   // resampler 3×3 convolutions, kohya's LoCon conv_dim). The default is kohya's default set.
   std::vector<std::string> targets{"unet_attention", "unet_proj", "unet_ff", "text_encoder"};
+  // Regularisers that act on the update itself, so they survive folding it into the weight (kohya's
+  // rank_dropout and module_dropout; kiln draws them per optimizer step rather than per sample).
+  double rank_dropout = 0.0;    // each rank component dropped with this probability, the rest scaled up
+  double module_dropout = 0.0;  // a whole module's update skipped with this probability
 };
 
 class LoraAdapter {
@@ -33,7 +38,8 @@ class LoraAdapter {
   // "lora_unet_…" / "lora_te_…" modules' down and up as named parameters, for one part.
   std::vector<NamedParameter> parameters(const std::string& part) const;
   // Folds the current U, D into the target layers' weights (with a graph when grad mode is on).
-  void inject();
+  // `dropout_step` set: training step whose dropout masks to draw; unset: no dropout (evaluation).
+  void inject(std::optional<int64_t> dropout_step = std::nullopt);
   // kohya-format LoRA: <name>.lora_down.weight, .lora_up.weight, .alpha, with `metadata`.
   void save(const std::filesystem::path& path, torch::ScalarType dtype, const Metadata& metadata) const;
   size_t modules() const { return targets_.size(); }
@@ -48,6 +54,7 @@ class LoraAdapter {
   };
   std::vector<Target> targets_;
   LoraOptions options_;
+  uint64_t seed_;
 };
 
 }  // namespace kiln

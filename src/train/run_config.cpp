@@ -120,6 +120,8 @@ void fields(V& v, LoraSection& s) {
   v("rank", s.rank);
   v("alpha", s.alpha);
   v("targets", s.targets);
+  v("rank_dropout", s.rank_dropout);
+  v("module_dropout", s.module_dropout);
 }
 template <typename V>
 void fields(V& v, LoggingSection& s) {

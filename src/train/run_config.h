@@ -108,6 +108,8 @@ struct LoraSection {
   int64_t rank = 4;
   double alpha = 1.0;
   std::vector<std::string> targets{"unet_attention", "unet_proj", "unet_ff", "text_encoder"};
+  double rank_dropout = 0.0;
+  double module_dropout = 0.0;
 };
 
 struct LoggingSection {

@@ -117,7 +117,8 @@ void Trainer::setup_parts() {
   models.unet->set_gradient_checkpointing(config_.unet.gradient_checkpointing);
   if (config_.lora.enabled) {
     const auto& l = config_.lora;
-    lora_ = std::make_unique<LoraAdapter>(models, LoraOptions{l.rank, l.alpha, l.targets}, config_.text_encoder.train,
+    lora_ = std::make_unique<LoraAdapter>(models, LoraOptions{l.rank, l.alpha, l.targets, l.rank_dropout, l.module_dropout},
+                                          config_.text_encoder.train,
                                           config_.unet.train, config_.training.seed);
     say(fmt::format("LoRA: {} modules, rank {}, alpha {}", lora_->modules(), l.rank, l.alpha));
   }
@@ -478,7 +479,7 @@ TrainResult Trainer::run() {
       if (config_.noise.offset > 0) noise = noise + config_.noise.offset * offset;
       const auto x0 = (mean + std * latent_noise) * scale;
 
-      if (lora_) lora_->inject();  // this step's W₀ + (α/r)·U·D, with a graph to U and D
+      if (lora_) lora_->inject(global_step_);  // this step's W₀ + (α/r)·U·D, with a graph to U and D
       const auto context = encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
       const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
       const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
