@@ -17,27 +17,13 @@
 #include "io/safetensors.h"
 #include "pipeline/a1111_parameters.h"
 #include "util/sha256.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult run_kiln(const std::string& args) {
-  const std::string command = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string output;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
+using kiln::test::run_kiln;
 
 const fs::path kGolden = KILN_GOLDEN_DIR;
 const fs::path kTinyModel = kGolden / "tiny-sd" / "model.safetensors";

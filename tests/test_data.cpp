@@ -31,6 +31,7 @@
 #include "image/image.h"
 #include "image/png.h"
 #include "util/error.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using kiln::Image;
@@ -38,6 +39,9 @@ using kiln::Rgb;
 using Bucket = std::pair<int, int>;
 
 namespace {
+
+using kiln::test::read_bytes;
+using kiln::test::write_bytes;
 
 // The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
 template <typename F>
@@ -52,27 +56,10 @@ std::optional<std::string> error_of(F&& f) {
   return std::nullopt;
 }
 
-class DataFiles : public ::testing::Test {
+class DataFiles : public kiln::test::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-    dir_ =
-        fs::temp_directory_path() / ("kiln_data_" + std::to_string(::getpid()) + "_" + std::to_string(ticks) +
-                                     "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
 
-  static std::string read_bytes(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  }
-  static void write_bytes(const fs::path& p, const std::string& bytes) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
 
-  fs::path dir_;
 };
 
 cv::Mat to_bgr(const Image& image) {

@@ -19,30 +19,18 @@
 #include "logging/metrics_log.h"
 #include "logging/tensorboard.h"
 #include "util/error.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-class LoggingFiles : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-    dir_ = fs::temp_directory_path() /
-           ("kiln_logging_" + std::to_string(::getpid()) + "_" + std::to_string(ticks) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+using kiln::test::read_bytes;
+using kiln::test::write_bytes;
 
-  static std::string read_bytes(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  }
-  static void write_bytes(const fs::path& p, const std::string& bytes) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << bytes;
-  }
+class LoggingFiles : public kiln::test::TempDirTest {
+ protected:
+
   // The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
   template <typename F>
   static std::optional<std::string> error_of(F&& f) {
@@ -62,7 +50,6 @@ class LoggingFiles : public ::testing::Test {
     return writer.path();
   }
 
-  fs::path dir_;
 };
 
 std::string bytes(std::initializer_list<int> values) {

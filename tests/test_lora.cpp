@@ -19,6 +19,7 @@
 #include "surgery/lora_merge.h"
 #include "util/error.h"
 #include "util/sha256.h"
+#include "test_support.h"
 
 namespace kiln {
 namespace {
@@ -490,22 +491,7 @@ TEST(LoraSpec, ParsesOptionalRatio) {
 
 // ---- the command line ----
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult run_kiln(const std::string& args) {
-  const std::string command = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string output;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
+using test::run_kiln;
 
 std::string config_arg() { return "--config " + test::tiny_config_path().string(); }
 

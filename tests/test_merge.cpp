@@ -16,6 +16,7 @@
 #include "surgery/merge_recipe.h"
 #include "util/error.h"
 #include "util/sha256.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 
@@ -25,22 +26,7 @@ namespace {
 constexpr std::array<Component, 3> kParts = {Component::UNet, Component::TextEncoder, Component::VAE};
 constexpr test::Tolerance kMergeTolerance{1e-6, 1e-6};
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-RunResult run_kiln(const std::string& args) {
-  const std::string command = std::string(KILN_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string output;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
+using test::run_kiln;
 
 Checkpoint read_tiny(const fs::path& path) { return read_checkpoint(path, test::tiny_config_path()); }
 

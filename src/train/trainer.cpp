@@ -88,6 +88,8 @@ class Trainer {
   void save(int64_t epoch, int64_t batch);
   void save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
                             const std::string& settings);
+  void finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch, int64_t batch,
+                   const std::string& trained_parts, const std::string& settings);
   void write_samples(const std::string& name);
   std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
@@ -292,15 +294,22 @@ void Trainer::save(int64_t epoch, int64_t batch) {
     if (part.ema)
       for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
   }
+  finish_save(path, name, std::move(state), epoch, batch, fmt::format("{}", fmt::join(trained_parts_, ",")), settings);
+}
+
+// Both kinds of checkpoint end alike: the resume state beside them (with every optimizer's state and
+// where the run stands), then the samples.
+void Trainer::finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch, int64_t batch,
+                          const std::string& trained_parts, const std::string& settings) {
   for (const auto& entry : optimizers_.entries)
     for (const auto& [key, tensor] : entry.optimizer->state()) state["optimizer." + entry.state_prefix + "." + key] = tensor;
   SafeTensorsWriteOptions write;
   write.metadata = {{"kiln.epoch", std::to_string(epoch)},
                     {"kiln.batch", std::to_string(batch)},
                     {"kiln.global_step", std::to_string(global_step_)},
-                    {"kiln.trained_parts", fmt::format("{}", fmt::join(trained_parts_, ","))},
+                    {"kiln.trained_parts", trained_parts},
                     {"kiln.run_config", settings}};
-  save_safetensors(dir / (name + ".state.safetensors"), state, write);
+  save_safetensors(path.parent_path() / (name + ".state.safetensors"), state, write);
   result_.checkpoints.push_back(path);
   say("saved " + path.string());
   write_samples(name);
@@ -326,18 +335,7 @@ void Trainer::save_lora_checkpoint(const fs::path& path, const std::string& name
   StateDict state;
   for (const auto& part : parts_)
     for (const auto& p : lora_->parameters(part.name)) state["lora." + p.name] = p.tensor.detach();
-  for (const auto& entry : optimizers_.entries)
-    for (const auto& [key, tensor] : entry.optimizer->state()) state["optimizer." + entry.state_prefix + "." + key] = tensor;
-  SafeTensorsWriteOptions write;
-  write.metadata = {{"kiln.epoch", std::to_string(epoch)},
-                    {"kiln.batch", std::to_string(batch)},
-                    {"kiln.global_step", std::to_string(global_step_)},
-                    {"kiln.trained_parts", ""},
-                    {"kiln.run_config", settings}};
-  save_safetensors(path.parent_path() / (name + ".state.safetensors"), state, write);
-  result_.checkpoints.push_back(path);
-  say("saved " + path.string());
-  write_samples(name);
+  finish_save(path, name, std::move(state), epoch, batch, "", settings);
 }
 
 void Trainer::restore(const fs::path& state_file) {
