@@ -43,11 +43,12 @@ int main(int argc, char** argv) {
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   int64_t state_bytes = 0;
-  for (const auto& [key, tensor] : optimizer.state()) state_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  for (const auto& [key, tensor] : optimizer.state())
+    state_bytes += tensor.numel() * static_cast<int64_t>(tensor.element_size());
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  std::cout << fmt::format("| {} | {:.1f} M | {:.2f} | {:.3f} | {:.2f} | {:.1f} |\n", name, count / 1e6, seconds / steps,
-                           static_cast<double>(state_bytes) / static_cast<double>(count), state_bytes / 1073741824.0,
-                           usage.ru_maxrss / 1048576.0);
+  std::cout << fmt::format("| {} | {:.1f} M | {:.2f} | {:.3f} | {:.2f} | {:.1f} |\n", name, count / 1e6,
+                           seconds / steps, static_cast<double>(state_bytes) / static_cast<double>(count),
+                           state_bytes / 1073741824.0, usage.ru_maxrss / 1048576.0);
   return 0;
 }

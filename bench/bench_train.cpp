@@ -42,8 +42,10 @@ int main(int argc, char** argv) {
   const int64_t steps = argc > 5 ? std::stoll(argv[5]) : 3;
   kiln::configure_threads();
   try {
-    auto configs = model == "sd15" ? kiln::sd15_configs()
-                                   : kiln::read_checkpoint(KILN_TINY_MODEL, std::filesystem::path(KILN_TINY_CONFIG)).configs;
+    auto configs =
+        model == "sd15"
+            ? kiln::sd15_configs()
+            : kiln::read_checkpoint(KILN_TINY_MODEL, std::filesystem::path(KILN_TINY_CONFIG)).configs;
     kiln::StableDiffusionModels models(configs);
     models.text_encoder->train();
     models.unet->train();
@@ -72,10 +74,12 @@ int main(int argc, char** argv) {
       if (step > 0) total += seconds;
     }
     std::cout << fmt::format("| {} | {}² | {} | {} | {:.3f} | {:.1f} |\n", model, size, batch,
-                             checkpointing ? "on" : "off", total / static_cast<double>(steps), peak_rss_gib());
+                             checkpointing ? "on" : "off", total / static_cast<double>(steps),
+                             peak_rss_gib());
   } catch (const std::exception& e) {
     std::cout << fmt::format("| {} | {}² | {} | {} | failed: {} | {:.1f} |\n", model, size, batch,
-                             checkpointing ? "on" : "off", std::string(e.what()).substr(0, 60), peak_rss_gib());
+                             checkpointing ? "on" : "off", std::string(e.what()).substr(0, 60),
+                             peak_rss_gib());
   }
   return 0;
 }

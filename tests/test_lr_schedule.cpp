@@ -36,7 +36,8 @@ TEST(LrSchedule, EveryScheduleFollowsDiffusersAtEveryStep) {
     for (const int64_t warmup : {0, 1, 7}) {
       LrSchedule s{kind, 2e-4, warmup, 100, 3, 2.0, 1e-6};
       for (int64_t step = 0; step <= 110; ++step)
-        EXPECT_NEAR(learning_rate_at(s, step), diffusers_lr(s, step), 1e-18) << kind << " warmup " << warmup << " step " << step;
+        EXPECT_NEAR(learning_rate_at(s, step), diffusers_lr(s, step), 1e-18)
+            << kind << " warmup " << warmup << " step " << step;
     }
   }
 }

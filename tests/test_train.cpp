@@ -17,9 +17,9 @@
 #include "surgery/lora.h"
 #include "train/ema.h"
 #include "train/latent_cache.h"
-#include "train/training_data.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
+#include "train/training_data.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -31,7 +31,8 @@ class TrainTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
-           fmt::format("kiln-train-{}-{}", ::testing::UnitTest::GetInstance()->current_test_info()->name(), ::getpid());
+           fmt::format("kiln-train-{}-{}", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                       ::getpid());
     fs::remove_all(dir_);
     write_synthetic_dataset(dir_ / "data", 12, 64, 3);
     std::ofstream(dir_ / "prompts.txt") << "a red circle, white background\n";
@@ -123,7 +124,8 @@ TEST_F(TrainTest, ARunLeavesCheckpointsSamplesAndLogs) {
   EXPECT_FALSE(torch::equal(checkpoint.unet.at(key), base.unet.at(key).to(torch::kFloat32)));
   EXPECT_FALSE(torch::equal(checkpoint.text_encoder.at("text_model.final_layer_norm.weight"),
                             base.text_encoder.at("text_model.final_layer_norm.weight")));
-  for (const auto& [name, tensor] : base.vae) EXPECT_TRUE(torch::equal(checkpoint.vae.at(name), tensor)) << name;
+  for (const auto& [name, tensor] : base.vae)
+    EXPECT_TRUE(torch::equal(checkpoint.vae.at(name), tensor)) << name;
 
   // One sample per prompt at every checkpoint, with the prompt's fixed seed.
   for (const auto* name : {"e0002", "e0003"}) {
@@ -145,7 +147,8 @@ TEST_F(TrainTest, ARunLeavesCheckpointsSamplesAndLogs) {
     }
     if (line.contains("loss/step")) {
       ++steps_logged;
-      EXPECT_TRUE(line.contains("lr/unet") && line.contains("lr/text_encoder") && line.contains("grad_norm/unet"));
+      EXPECT_TRUE(line.contains("lr/unet") && line.contains("lr/text_encoder") &&
+                  line.contains("grad_norm/unet"));
     }
   }
   EXPECT_EQ(val_epochs, (std::vector<int64_t>{0, 1, 2, 3}));
@@ -175,8 +178,9 @@ TEST_P(ResumeTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
   if (lora) overrides.insert(overrides.end(), {"lora.enabled=true", "text_encoder.lr=1e-3", "unet.lr=1e-3"});
   if (optimizer == "dadapt_adam" || optimizer == "prodigy") {
     // Rates are multipliers on the estimated step size; D-Adaptation turns 0.5 / 1.0 into layer scales.
-    overrides.insert(overrides.end(), {"text_encoder.lr=" + std::string(optimizer == "prodigy" ? "1.0" : "0.5"),
-                                       "unet.lr=1.0"});
+    overrides.insert(
+        overrides.end(),
+        {"text_encoder.lr=" + std::string(optimizer == "prodigy" ? "1.0" : "0.5"), "unet.lr=1.0"});
   }
   if (optimizer == "adamw") overrides.push_back("training.ema_decay=0.9");
   const auto settings = config(overrides);
@@ -192,15 +196,19 @@ TEST_P(ResumeTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
   EXPECT_FALSE(second.interrupted);
   EXPECT_EQ(second.global_step, straight.global_step);
   if (lora) {
-    const auto a = SafeTensorsFile::open(straight.checkpoints.back()), b = SafeTensorsFile::open(second.checkpoints.back());
+    const auto a = SafeTensorsFile::open(straight.checkpoints.back()),
+               b = SafeTensorsFile::open(second.checkpoints.back());
     ASSERT_EQ(a.entries().size(), b.entries().size());
-    for (const auto& entry : a.entries()) EXPECT_TRUE(torch::equal(a.tensor(entry.name), b.tensor(entry.name))) << entry.name;
+    for (const auto& entry : a.entries())
+      EXPECT_TRUE(torch::equal(a.tensor(entry.name), b.tensor(entry.name))) << entry.name;
     return;
   }
   const auto a = weights(straight.checkpoints.back()), b = weights(second.checkpoints.back());
   ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, tensor] : a) EXPECT_TRUE(torch::equal(tensor, b.at(name))) << optimizer << " " << name;
-  EXPECT_FALSE(torch::equal(a.at("unet.conv_in.weight"), weights(test::tiny_model_path()).at("unet.conv_in.weight")))
+  for (const auto& [name, tensor] : a)
+    EXPECT_TRUE(torch::equal(tensor, b.at(name))) << optimizer << " " << name;
+  EXPECT_FALSE(
+      torch::equal(a.at("unet.conv_in.weight"), weights(test::tiny_model_path()).at("unet.conv_in.weight")))
       << optimizer << " did not train";
   if (optimizer == "adamw") {
     // The moving average too, and it differs from the raw weights.
@@ -219,12 +227,13 @@ TEST_P(ResumeTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryOptimizer, ResumeTest,
-                         ::testing::Values("adamw", "adamw8bit", "lion", "sgd", "dadapt_adam", "prodigy", "lora"));
+                         ::testing::Values("adamw", "adamw8bit", "lion", "sgd", "dadapt_adam", "prodigy",
+                                           "lora"));
 
 // D-Adaptation over both parts is one optimizer with two groups; its d is logged per part.
 TEST_F(TrainTest, DAdaptationSharesOneEstimateAndLogsD) {
-  run(config({"text_encoder.optimizer=dadapt_adam", "unet.optimizer=dadapt_adam", "text_encoder.lr=0.5", "unet.lr=1.0",
-              "training.epochs=1", "samples.prompts=''"}),
+  run(config({"text_encoder.optimizer=dadapt_adam", "unet.optimizer=dadapt_adam", "text_encoder.lr=0.5",
+              "unet.lr=1.0", "training.epochs=1", "samples.prompts=''"}),
       dir_ / "dadapt");
   int logged = 0;
   for (const auto& line : read_metrics_jsonl(dir_ / "dadapt" / "metrics.jsonl")) {
@@ -256,8 +265,9 @@ TEST_F(TrainTest, EightBitAdamWLossCurveStaysNearAdamW) {
 }
 
 TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
-  const auto result = run(config({"text_encoder.train=false", "training.epochs=1", "checkpoints.every_epochs=0"}),
-                          dir_ / "unet-only");
+  const auto result =
+      run(config({"text_encoder.train=false", "training.epochs=1", "checkpoints.every_epochs=0"}),
+          dir_ / "unet-only");
   const auto trained = read_checkpoint(result.checkpoints.back(), test::tiny_config_path());
   const auto base = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
   for (const auto& [name, tensor] : base.text_encoder)
@@ -265,7 +275,8 @@ TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
   EXPECT_FALSE(torch::equal(trained.unet.at("conv_in.weight"), base.unet.at("conv_in.weight")));
   // No optimizer state and no weights for the text encoder in the resume state.
   const auto state = SafeTensorsFile::open(dir_ / "unet-only" / "checkpoints" / "e0001.state.safetensors");
-  for (const auto& entry : state.entries()) EXPECT_EQ(entry.name.find("text_encoder"), std::string::npos) << entry.name;
+  for (const auto& entry : state.entries())
+    EXPECT_EQ(entry.name.find("text_encoder"), std::string::npos) << entry.name;
   EXPECT_EQ(state.metadata().at("kiln.trained_parts"), "unet");
 }
 
@@ -273,7 +284,8 @@ TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
 // timesteps: their first step (same weights) has the same loss to the bit, and their epoch-0
 // validation losses agree.
 TEST_F(TrainTest, NoiseAndDataDoNotDependOnLearningRatesOrParts) {
-  const std::vector<std::string> one_epoch{"training.epochs=1", "checkpoints.every_epochs=0", "samples.prompts=''"};
+  const std::vector<std::string> one_epoch{"training.epochs=1", "checkpoints.every_epochs=0",
+                                           "samples.prompts=''"};
   auto with = [&](std::vector<std::string> extra) {
     extra.insert(extra.end(), one_epoch.begin(), one_epoch.end());
     return config(extra);
@@ -349,17 +361,19 @@ TEST_F(TrainTest, DiffusersLayoutCheckpointsOnRequest) {
   const auto checkpoint = read_checkpoint(result.checkpoints[0]);
   EXPECT_EQ(checkpoint.layout, CheckpointLayout::Diffusers);
   // No validation set and no stabilised subset: no validation values logged.
-  for (const auto& line : read_metrics_jsonl(dir_ / "diffusers" / "metrics.jsonl")) EXPECT_FALSE(line.contains("loss/val"));
+  for (const auto& line : read_metrics_jsonl(dir_ / "diffusers" / "metrics.jsonl"))
+    EXPECT_FALSE(line.contains("loss/val"));
 }
 
 // A LoRA run trains only the low-rank matrices: its checkpoints are kohya LoRA files with the same
 // modules, names and shapes as a kohya-made LoRA of this model (golden lora.safetensors), the base
 // weights stay untouched, and the stabilised loss falls.
 TEST_F(TrainTest, LoraRunWritesKohyaFilesAndLearns) {
-  const auto result = run(config({"lora.enabled=true", "lora.rank=4", "lora.alpha=2.0", "text_encoder.lr=1e-3",
-                                   "unet.lr=1e-3", "training.epochs=4", "checkpoints.every_epochs=0",
-                                   "samples.prompts=''", "checkpoints.dtype=fp16"}),
-                          dir_ / "lora");
+  const auto result =
+      run(config({"lora.enabled=true", "lora.rank=4", "lora.alpha=2.0", "text_encoder.lr=1e-3",
+                  "unet.lr=1e-3", "training.epochs=4", "checkpoints.every_epochs=0", "samples.prompts=''",
+                  "checkpoints.dtype=fp16"}),
+          dir_ / "lora");
   ASSERT_EQ(result.checkpoints.size(), 1u);
   const auto lora = SafeTensorsFile::open(result.checkpoints[0]);
   const auto golden = test::golden_file("lora.safetensors");
@@ -374,7 +388,10 @@ TEST_F(TrainTest, LoraRunWritesKohyaFilesAndLearns) {
   EXPECT_EQ(lora.metadata().at("ss_network_dim"), "4");
   // The up matrices moved away from their zero start.
   EXPECT_GT(lora.tensor("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight")
-                .abs().max().item<float>(), 0.0f);
+                .abs()
+                .max()
+                .item<float>(),
+            0.0f);
   std::vector<double> stabilised;
   for (const auto& line : read_metrics_jsonl(dir_ / "lora" / "metrics.jsonl"))
     if (line.contains("loss/stabilize-train")) stabilised.push_back(line["loss/stabilize-train"]);
@@ -427,8 +444,9 @@ TEST(ExponentialMovingAverage, FollowsTheFormulaAndSwaps) {
 
 TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {
   const std::string text = "[model]\ncheckpoint = \"m.safetensors\"\n[data]\nfolders = [\"d\"]\n";
-  auto c = parse_run_config(text, "r.toml", {"unet.lr=2e-7", "text_encoder.train=false", "samples.sampler=euler_a",
-                                             "checkpoints.epochs=[5, 10]"});
+  auto c = parse_run_config(
+      text, "r.toml",
+      {"unet.lr=2e-7", "text_encoder.train=false", "samples.sampler=euler_a", "checkpoints.epochs=[5, 10]"});
   EXPECT_EQ(c.unet.lr, 2e-7);
   EXPECT_FALSE(c.text_encoder.train);
   EXPECT_EQ(c.samples.sampler, "euler_a");

@@ -57,9 +57,9 @@ TEST(TrainStep, LossesAndGradientsMatchTorch) {
   EXPECT_TRUE(all_close(r.context, golden.tensor("encoder_hidden_states"), test::kSingleForward, "context"));
   EXPECT_TRUE(all_close(r.noisy, golden.tensor("noisy_latents"), test::kExact, "noisy latents"));
   EXPECT_TRUE(all_close(r.prediction, golden.tensor("model_pred"), test::kDeepForward, "model_pred"));
-  EXPECT_TRUE(all_close(velocity(NoiseSchedule(), golden.tensor("latents"), golden.tensor("noise"),
-                                 golden.tensor("timesteps")),
-                        golden.tensor("v_target"), test::kExact, "v target"));
+  EXPECT_TRUE(all_close(
+      velocity(NoiseSchedule(), golden.tensor("latents"), golden.tensor("noise"), golden.tensor("timesteps")),
+      golden.tensor("v_target"), test::kExact, "v target"));
   EXPECT_NEAR(r.loss_epsilon.item<double>(), json["loss_epsilon"].get<double>(), 1e-6);
   EXPECT_NEAR(r.loss_v.item<double>(), json["loss_v_prediction"].get<double>(), 1e-6);
 
@@ -67,8 +67,9 @@ TEST(TrainStep, LossesAndGradientsMatchTorch) {
   // Named gradients, and the L2 norm of every parameter's gradient (736 of them).
   const auto rows = golden.tensor("token_embedding_rows_index");
   int checked = 0;
-  for (const auto& [part, module] : {std::pair<std::string, torch::nn::Module*>{"text_encoder", models.text_encoder.get()},
-                                     std::pair<std::string, torch::nn::Module*>{"unet", models.unet.get()}}) {
+  for (const auto& [part, module] :
+       {std::pair<std::string, torch::nn::Module*>{"text_encoder", models.text_encoder.get()},
+        std::pair<std::string, torch::nn::Module*>{"unet", models.unet.get()}}) {
     for (const auto& item : module->named_parameters()) {
       const auto key = part + "." + item.key();
       const auto& grad = item.value().grad();
@@ -103,7 +104,8 @@ TEST(TrainStep, GradientCheckpointingGivesTheSameGradients) {
     auto& out = grads.emplace_back();
     for (auto* module : {static_cast<torch::nn::Module*>(models.text_encoder.get()),
                          static_cast<torch::nn::Module*>(models.unet.get())})
-      for (const auto& item : module->named_parameters(true)) out[item.key() + "@" + module->name()] = item.value().grad();
+      for (const auto& item : module->named_parameters(true))
+        out[item.key() + "@" + module->name()] = item.value().grad();
   }
   ASSERT_EQ(grads[0].size(), 736u);
   for (const auto& [name, grad] : grads[0]) {
@@ -124,14 +126,16 @@ TEST(TrainStep, AdamWWithTwoLearningRatesMatchesTorch) {
   AdamW unet(named_parameters(*models.unet), {5e-5, 0.9, 0.999, 1e-8, 1e-2});
   std::map<std::string, torch::Tensor> before;
   for (auto* optimizer : {&text_encoder, &unet})
-    for (const auto& p : optimizer->parameters()) before[p.name + (optimizer == &unet ? "#u" : "#t")] = p.tensor.detach().clone();
+    for (const auto& p : optimizer->parameters())
+      before[p.name + (optimizer == &unet ? "#u" : "#t")] = p.tensor.detach().clone();
   forward_step(models, golden).loss_epsilon.backward();
   text_encoder.step();
   unet.step();
 
   const auto rows = golden.tensor("token_embedding_rows_index");
   int exact_tensors = 0, noise_only = 0;
-  for (const auto& [part, optimizer] : {std::pair{std::string("text_encoder"), &text_encoder}, std::pair{std::string("unet"), &unet}}) {
+  for (const auto& [part, optimizer] :
+       {std::pair{std::string("text_encoder"), &text_encoder}, std::pair{std::string("unet"), &unet}}) {
     for (const auto& p : optimizer->parameters()) {
       const auto key = part + "." + p.name;
       const auto& old = before.at(p.name + (part == "unet" ? "#u" : "#t"));
@@ -146,7 +150,8 @@ TEST(TrainStep, AdamWWithTwoLearningRatesMatchesTorch) {
       }
       EXPECT_NEAR(norm, want, 1e-3 * want + 1e-9) << key;
       if (golden.contains("adamw.updated." + key)) {
-        EXPECT_TRUE(all_close(p.tensor, golden.tensor("adamw.updated." + key), {1e-6, 1e-6}, "updated " + key));
+        EXPECT_TRUE(
+            all_close(p.tensor, golden.tensor("adamw.updated." + key), {1e-6, 1e-6}, "updated " + key));
         ++exact_tensors;
       }
       if (golden.contains("adamw.updated." + key + ".rows")) {
@@ -186,7 +191,8 @@ TEST(TrainStep, AdamWStateRoundTripsAndContinuesIdentically) {
   first.step();
   second.step();
   EXPECT_TRUE(torch::equal(a, b));
-  EXPECT_THROW(second.load_state({{"w.exp_avg", torch::zeros({2})}, {"w.exp_avg_sq", torch::zeros({2})},
+  EXPECT_THROW(second.load_state({{"w.exp_avg", torch::zeros({2})},
+                                  {"w.exp_avg_sq", torch::zeros({2})},
                                   {"w.step", torch::tensor(1)}}),
                Error);
 }

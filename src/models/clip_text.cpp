@@ -39,7 +39,8 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) {
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   if (gradient_checkpointing && is_training())
-    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); }, {x, mask});
+    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); },
+                        {x, mask});
   return compute(x, mask);
 }
 
@@ -80,7 +81,8 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& config) : config_(con
 }
 
 void CLIPTextModelImpl::set_gradient_checkpointing(bool enabled) {
-  for (const auto& layer : *text_model->encoder->layers) layer->as<CLIPEncoderLayer>()->gradient_checkpointing = enabled;
+  for (const auto& layer : *text_model->encoder->layers)
+    layer->as<CLIPEncoderLayer>()->gradient_checkpointing = enabled;
 }
 
 CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool output_hidden_states) {

@@ -47,7 +47,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     }
     torch::autograd::backward({output}, {grad_outputs[0]});
     torch::autograd::variable_list grads{torch::Tensor()};  // for the holder argument
-    for (const auto& t : inputs) grads.push_back(t.defined() && t.requires_grad() ? t.grad() : torch::Tensor());
+    for (const auto& t : inputs)
+      grads.push_back(t.defined() && t.requires_grad() ? t.grad() : torch::Tensor());
     return grads;
   }
 };

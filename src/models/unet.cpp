@@ -60,7 +60,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, 
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   if (gradient_checkpointing && is_training())
-    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); }, {x, temb});
+    return checkpointed([this](const std::vector<torch::Tensor>& in) { return compute(in[0], in[1]); },
+                        {x, temb});
   return compute(x, temb);
 }
 
@@ -285,7 +286,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNetConfig& config) : c
 
 void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
   for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* resnet = dynamic_cast<ResnetBlock2DImpl*>(module.get())) resnet->gradient_checkpointing = enabled;
+    if (auto* resnet = dynamic_cast<ResnetBlock2DImpl*>(module.get()))
+      resnet->gradient_checkpointing = enabled;
     if (auto* transformer = dynamic_cast<Transformer2DModelImpl*>(module.get()))
       transformer->gradient_checkpointing = enabled;
   }

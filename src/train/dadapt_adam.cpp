@@ -18,18 +18,11 @@ constexpr const char* kNumerator = "dadapt_adam.numerator_weighted";
 constexpr const char* kK = "dadapt_adam.k";
 
 std::vector<NamedParameter> flatten_groups(const std::vector<ParameterGroup>& groups) {
-  std::vector<NamedParameter> out;
-  std::set<std::string> seen;
   for (const auto& group : groups) {
     if (!(group.layer_scale >= 0.0) || !std::isfinite(group.layer_scale))
       throw Error("DAdaptAdam: layer_scale of group '" + group.name + "' must be finite and >= 0");
-    for (const auto& p : group.parameters) {
-      auto name = group.name.empty() ? p.name : group.name + "." + p.name;
-      if (!seen.insert(name).second) throw Error("DAdaptAdam: parameter " + name + " is given twice");
-      out.push_back({std::move(name), p.tensor});
-    }
   }
-  return out;
+  return qualified_parameters(groups, "DAdaptAdam");
 }
 
 std::vector<double> layer_scales(const std::vector<ParameterGroup>& groups) {
@@ -38,15 +31,10 @@ std::vector<double> layer_scales(const std::vector<ParameterGroup>& groups) {
   return out;
 }
 
-// Optimizer-wide scalars are stored as 0-dim float64 tensors, so that a resumed run sees the
-// very doubles the interrupted one had.
-torch::Tensor scalar(double value) { return torch::scalar_tensor(value, torch::kFloat64); }
+torch::Tensor scalar(double value) { return state_scalar(value); }
 
 double read_scalar(const StateDict& state, const std::string& key) {
-  const auto it = state.find(key);
-  if (it == state.end()) throw Error("DAdaptAdam state lacks " + key);
-  if (it->second.numel() != 1) throw Error("DAdaptAdam state entry " + key + " is not a scalar");
-  return it->second.item<double>();
+  return read_state_scalar(state, key, "DAdaptAdam");
 }
 
 }  // namespace

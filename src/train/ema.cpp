@@ -14,7 +14,8 @@ ExponentialMovingAverage::ExponentialMovingAverage(std::vector<NamedParameter> p
 
 void ExponentialMovingAverage::update() {
   torch::NoGradGuard no_grad;
-  for (size_t i = 0; i < parameters_.size(); ++i) average_[i].mul_(decay_).add_(parameters_[i].tensor, 1 - decay_);
+  for (size_t i = 0; i < parameters_.size(); ++i)
+    average_[i].mul_(decay_).add_(parameters_[i].tensor, 1 - decay_);
 }
 
 void ExponentialMovingAverage::reset_to_weights() {

@@ -23,15 +23,15 @@ std::string vae_fingerprint(AutoencoderKL& vae) {
   std::string text;
   for (const auto& item : vae->named_parameters()) {
     const auto t = item.value().to(torch::kFloat64);
-    text += fmt::format("{} {} {:.17g} {:.17g}\n", item.key(), fmt::join(t.sizes(), "x"), t.sum().item<double>(),
-                        t.abs().sum().item<double>());
+    text += fmt::format("{} {} {:.17g} {:.17g}\n", item.key(), fmt::join(t.sizes(), "x"),
+                        t.sum().item<double>(), t.abs().sum().item<double>());
   }
   return sha256_bytes(text);
 }
 
 torch::Tensor training_pixels(const TrainingItem& item, bool flip, bool random_crop, uint64_t crop_seed) {
-  auto image = resize_and_crop(load_image(item.image), item.bucket, random_crop ? CropMode::Random : CropMode::Center,
-                               crop_seed);
+  auto image = resize_and_crop(load_image(item.image), item.bucket,
+                               random_crop ? CropMode::Random : CropMode::Center, crop_seed);
   if (flip) image = flip_horizontal(image);
   auto bytes = torch::empty({image.height, image.width, 3}, torch::kUInt8);
   std::memcpy(bytes.data_ptr<uint8_t>(), image.pixels.data(), image.pixels.size());
@@ -50,10 +50,11 @@ DiagonalGaussian LatentCache::get(const TrainingItem& item, bool flip) {
   std::error_code ec;
   const auto size = fs::file_size(item.image, ec);
   const auto mtime = fs::last_write_time(item.image, ec).time_since_epoch().count();
-  const auto key = sha256_bytes(fmt::format("{}\n{}\n{}\n{}x{}\n{}\n{}\n{}", fs::absolute(item.image).string(), size,
-                                            mtime, item.bucket.first, item.bucket.second,
-                                            random_crop_ ? crop_seed : 0, flip ? 1 : 0, vae_key_))
-                       .substr(0, 32);
+  const auto key =
+      sha256_bytes(fmt::format("{}\n{}\n{}\n{}x{}\n{}\n{}\n{}", fs::absolute(item.image).string(), size,
+                               mtime, item.bucket.first, item.bucket.second, random_crop_ ? crop_seed : 0,
+                               flip ? 1 : 0, vae_key_))
+          .substr(0, 32);
   if (auto it = memory_.find(key); it != memory_.end()) return it->second;
   const auto file = dir_.empty() ? fs::path() : dir_ / (key + ".safetensors");
   DiagonalGaussian latent;

@@ -39,16 +39,20 @@ std::string kohya_name(const std::string& prefix, const std::string& path) {
 
 }  // namespace
 
-LoraAdapter::LoraAdapter(StableDiffusionModels& models, const LoraOptions& options, bool text_encoder, bool unet,
-                         uint64_t seed)
+LoraAdapter::LoraAdapter(StableDiffusionModels& models, const LoraOptions& options, bool text_encoder,
+                         bool unet, uint64_t seed)
     : options_(options), seed_(seed) {
-  if (options.rank_dropout < 0 || options.rank_dropout >= 1 || options.module_dropout < 0 || options.module_dropout >= 1)
+  if (options.rank_dropout < 0 || options.rank_dropout >= 1 || options.module_dropout < 0 ||
+      options.module_dropout >= 1)
     throw Error("lora.rank_dropout and lora.module_dropout must be in [0, 1)");
   for (const auto& t : options.targets)
-    if (t != "unet_attention" && t != "unet_proj" && t != "unet_ff" && t != "text_encoder" && t != "unet_conv")
-      throw Error("unknown lora target '" + t + "' (unet_attention, unet_proj, unet_ff, text_encoder, unet_conv)");
+    if (t != "unet_attention" && t != "unet_proj" && t != "unet_ff" && t != "text_encoder" &&
+        t != "unet_conv")
+      throw Error("unknown lora target '" + t +
+                  "' (unet_attention, unet_proj, unet_ff, text_encoder, unet_conv)");
   if (options.rank < 1) throw Error("lora.rank must be at least 1");
-  auto add = [&](const std::string& part, const std::string& prefix, torch::nn::Module& root, auto&& selected) {
+  auto add = [&](const std::string& part, const std::string& prefix, torch::nn::Module& root,
+                 auto&& selected) {
     for (const auto& item : root.named_modules("", /*include_self=*/false)) {
       const auto& path = item.key();
       torch::Tensor* weight = nullptr;
@@ -75,7 +79,8 @@ LoraAdapter::LoraAdapter(StableDiffusionModels& models, const LoraOptions& optio
         up_shape.insert(up_shape.end(), {1, 1});
       }
       // torch's Linear/Conv default init (kaiming_uniform, a = √5): U(−1/√fan_in, 1/√fan_in).
-      const double fan_in = static_cast<double>(in * (weight->dim() == 4 ? weight->size(2) * weight->size(3) : 1));
+      const double fan_in =
+          static_cast<double>(in * (weight->dim() == 4 ? weight->size(2) * weight->size(3) : 1));
       auto generator = make_generator(seed, RandomStream::Lora, targets_.size());
       t.down = ((torch::rand(down_shape, generator) * 2 - 1) / std::sqrt(fan_in)).requires_grad_(true);
       t.up = torch::zeros(up_shape).requires_grad_(true);
@@ -88,9 +93,11 @@ LoraAdapter::LoraAdapter(StableDiffusionModels& models, const LoraOptions& optio
       return !target.empty() && wants(options, target);
     });
   if (text_encoder && wants(options, "text_encoder"))
-    add("text_encoder", "lora_te", *models.text_encoder, [](const std::string& path, bool is_linear, int64_t) {
-      return is_linear && (path.find(".self_attn.") != std::string::npos || path.find(".mlp.") != std::string::npos);
-    });
+    add("text_encoder", "lora_te", *models.text_encoder,
+        [](const std::string& path, bool is_linear, int64_t) {
+          return is_linear &&
+                 (path.find(".self_attn.") != std::string::npos || path.find(".mlp.") != std::string::npos);
+        });
   if (targets_.empty()) throw Error("lora: no layer matches the targets of the parts that train");
 }
 
@@ -119,7 +126,8 @@ void LoraAdapter::inject(std::optional<int64_t> dropout_step) {
         continue;
       }
       if (options_.rank_dropout > 0) {
-        const auto keep = (torch::rand({options_.rank}, generator) >= options_.rank_dropout).to(up.scalar_type());
+        const auto keep =
+            (torch::rand({options_.rank}, generator) >= options_.rank_dropout).to(up.scalar_type());
         up = up * keep;
         module_scale /= 1.0 - options_.rank_dropout;
       }
@@ -129,7 +137,8 @@ void LoraAdapter::inject(std::optional<int64_t> dropout_step) {
   }
 }
 
-void LoraAdapter::save(const std::filesystem::path& path, torch::ScalarType dtype, const Metadata& metadata) const {
+void LoraAdapter::save(const std::filesystem::path& path, torch::ScalarType dtype,
+                       const Metadata& metadata) const {
   StateDict tensors;
   for (const auto& t : targets_) {
     tensors[t.name + ".lora_down.weight"] = t.down.detach().to(dtype);

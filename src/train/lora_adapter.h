@@ -33,7 +33,8 @@ class LoraAdapter {
  public:
   // Finds the target layers of the parts that train and creates their U (zeros) and D (kaiming
   // uniform, from `seed`), so a fresh adapter leaves the model unchanged.
-  LoraAdapter(StableDiffusionModels& models, const LoraOptions& options, bool text_encoder, bool unet, uint64_t seed);
+  LoraAdapter(StableDiffusionModels& models, const LoraOptions& options, bool text_encoder, bool unet,
+              uint64_t seed);
 
   // "lora_unet_…" / "lora_te_…" modules' down and up as named parameters, for one part.
   std::vector<NamedParameter> parameters(const std::string& part) const;
@@ -46,8 +47,8 @@ class LoraAdapter {
 
  private:
   struct Target {
-    std::string name;  // kohya name
-    std::string part;  // "text_encoder" | "unet"
+    std::string name;                 // kohya name
+    std::string part;                 // "text_encoder" | "unet"
     torch::Tensor* weight = nullptr;  // the layer's weight member (what its forward reads)
     torch::Tensor base;               // W₀
     torch::Tensor down, up;

@@ -13,9 +13,9 @@ struct LrSchedule {
   double lr = 1e-6;
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
-  int64_t cycles = 1;     // cosine_with_restarts
-  double power = 1.0;     // polynomial
-  double end_lr = 1e-7;   // polynomial
+  int64_t cycles = 1;    // cosine_with_restarts
+  double power = 1.0;    // polynomial
+  double end_lr = 1e-7;  // polynomial
 };
 
 // Schedule names, for help texts and errors.

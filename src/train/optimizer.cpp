@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <set>
 
 #include "util/error.h"
 
@@ -11,6 +12,29 @@ namespace kiln {
 void Optimizer::zero_grad() {
   // set_to_none, as torch ≥ 2 defaults to: a part that gets no gradient keeps no stale one.
   for (auto& p : parameters_) p.tensor.mutable_grad() = torch::Tensor();
+}
+
+std::vector<NamedParameter> qualified_parameters(const std::vector<ParameterGroup>& groups,
+                                                 const std::string& optimizer) {
+  std::vector<NamedParameter> out;
+  std::set<std::string> seen;
+  for (const auto& group : groups) {
+    for (const auto& p : group.parameters) {
+      auto name = group.name.empty() ? p.name : group.name + "." + p.name;
+      if (!seen.insert(name).second) throw Error(optimizer + ": parameter " + name + " is given twice");
+      out.push_back({std::move(name), p.tensor});
+    }
+  }
+  return out;
+}
+
+torch::Tensor state_scalar(double value) { return torch::scalar_tensor(value, torch::kFloat64); }
+
+double read_state_scalar(const StateDict& state, const std::string& key, const std::string& optimizer) {
+  const auto it = state.find(key);
+  if (it == state.end()) throw Error(optimizer + " state lacks " + key);
+  if (it->second.numel() != 1) throw Error(optimizer + " state entry " + key + " is not a scalar");
+  return it->second.item<double>();
 }
 
 AdamW::AdamW(std::vector<NamedParameter> parameters, const AdamWOptions& options)
@@ -60,12 +84,11 @@ void AdamW::load_state(const StateDict& state) {
     const auto avg = state.find(p.name + ".exp_avg");
     if (avg == state.end()) continue;  // never updated before the save
     const auto sq = state.find(p.name + ".exp_avg_sq"), step = state.find(p.name + ".step");
-    if (sq == state.end() || step == state.end())
-      throw Error("AdamW state of " + p.name + " is incomplete");
+    if (sq == state.end() || step == state.end()) throw Error("AdamW state of " + p.name + " is incomplete");
     if (avg->second.sizes() != p.tensor.sizes() || sq->second.sizes() != p.tensor.sizes())
       throw Error("AdamW state of " + p.name + " does not fit the parameter's shape");
-    slots[p.name] = Slot{avg->second.to(p.tensor.options()).clone(), sq->second.to(p.tensor.options()).clone(),
-                         step->second.item<int64_t>()};
+    slots[p.name] = Slot{avg->second.to(p.tensor.options()).clone(),
+                         sq->second.to(p.tensor.options()).clone(), step->second.item<int64_t>()};
   }
   size_t expected = 0;
   for (const auto& [name, tensor] : state) expected += name.ends_with(".exp_avg") ? 1 : 0;

@@ -50,6 +50,15 @@ struct ParameterGroup {
   double layer_scale = 1.0;  // multiplies this group's step (dadaptation's `layer_scale`)
 };
 
+// The groups' parameters as one list named "<group>.<name>" (the bare name for an unnamed group);
+// a name given twice is a kiln::Error naming `optimizer`.
+std::vector<NamedParameter> qualified_parameters(const std::vector<ParameterGroup>& groups,
+                                                 const std::string& optimizer);
+// Optimizer-wide scalars travel as 0-dim float64 tensors, so a resumed run sees the very doubles
+// the interrupted one had.
+torch::Tensor state_scalar(double value);
+double read_state_scalar(const StateDict& state, const std::string& key, const std::string& optimizer);
+
 struct AdamWOptions {
   double lr = 1e-4;
   double beta1 = 0.9;

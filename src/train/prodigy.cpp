@@ -20,30 +20,18 @@ constexpr const char* kDenom = "prodigy.d_denom";
 constexpr const char* kK = "prodigy.k";
 
 std::vector<NamedParameter> flatten_groups(const std::vector<ParameterGroup>& groups) {
-  std::vector<NamedParameter> out;
-  std::set<std::string> seen;
   for (const auto& group : groups) {
     if (group.layer_scale != 1.0)
       throw Error("Prodigy has no per-group step scale (group '" + group.name +
                   "' asks for layer_scale != 1); use DAdaptAdam for that");
-    for (const auto& p : group.parameters) {
-      auto name = group.name.empty() ? p.name : group.name + "." + p.name;
-      if (!seen.insert(name).second) throw Error("Prodigy: parameter " + name + " is given twice");
-      out.push_back({std::move(name), p.tensor});
-    }
   }
-  return out;
+  return qualified_parameters(groups, "Prodigy");
 }
 
-// Optimizer-wide scalars are stored as 0-dim float64 tensors, so that a resumed run sees the
-// very doubles the interrupted one had.
-torch::Tensor scalar(double value) { return torch::scalar_tensor(value, torch::kFloat64); }
+torch::Tensor scalar(double value) { return state_scalar(value); }
 
 double read_scalar(const StateDict& state, const std::string& key) {
-  const auto it = state.find(key);
-  if (it == state.end()) throw Error("Prodigy state lacks " + key);
-  if (it->second.numel() != 1) throw Error("Prodigy state entry " + key + " is not a scalar");
-  return it->second.item<double>();
+  return read_state_scalar(state, key, "Prodigy");
 }
 
 }  // namespace

@@ -3,10 +3,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <toml++/toml.h>
 #include <fstream>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "diffusion/sampler.h"
 #include "train/lr_schedule.h"
@@ -175,9 +175,10 @@ class Reader {
   void finish() const {
     for (const auto& [key, value] : doc_)
       if (!known_sections_.count(std::string(key.str())))
-        throw Error(fmt::format("{}: unknown section [{}] (model, data, text_encoder, unet, noise, loss, training, "
-                                "validation, checkpoints, samples, lora, logging)",
-                                source_, key.str()));
+        throw Error(
+            fmt::format("{}: unknown section [{}] (model, data, text_encoder, unet, noise, loss, training, "
+                        "validation, checkpoints, samples, lora, logging)",
+                        source_, key.str()));
   }
 
  private:
@@ -224,9 +225,12 @@ class Reader {
     const auto* table = node.as_table();
     if (!table) fail(key, "entries must be a path or { path = \"...\", repeats = N }");
     for (const auto& [name, value] : *table) {
-      if (name == "path") read(key + ".path", value, out.path);
-      else if (name == "repeats") read(key + ".repeats", value, out.repeats);
-      else fail(key, "entries take only path and repeats (not " + std::string(name.str()) + ")");
+      if (name == "path")
+        read(key + ".path", value, out.path);
+      else if (name == "repeats")
+        read(key + ".repeats", value, out.repeats);
+      else
+        fail(key, "entries take only path and repeats (not " + std::string(name.str()) + ")");
     }
   }
 
@@ -253,7 +257,9 @@ class Writer {
   const toml::table& doc() const { return doc_; }
 
  private:
-  static toml::table to_node(const DataFolder& f) { return toml::table{{"path", f.path}, {"repeats", f.repeats}}; }
+  static toml::table to_node(const DataFolder& f) {
+    return toml::table{{"path", f.path}, {"repeats", f.repeats}};
+  }
   static std::string to_node(const std::string& s) { return s; }
   static bool to_node(bool b) { return b; }
   static int64_t to_node(int64_t i) { return i; }
@@ -363,26 +369,31 @@ void validate(const RunConfig& c, const std::string& source) {
   for (const auto& f : c.data.folders)
     if (f.repeats < 1) fail(fmt::format("data.folders: {} has repeats {} (at least 1)", f.path, f.repeats));
   if (c.data.resolution < 64 || c.data.resolution % 8) fail("data.resolution must be a multiple of 8, >= 64");
-  if (c.data.bucket_step % 8 || c.data.bucket_step <= 0) fail("data.bucket_step must be a positive multiple of 8");
+  if (c.data.bucket_step % 8 || c.data.bucket_step <= 0)
+    fail("data.bucket_step must be a positive multiple of 8");
   if (c.data.crop != "center" && c.data.crop != "random") fail("data.crop must be center or random");
   if (c.data.batch_size < 1 || c.data.gradient_accumulation < 1)
     fail("data.batch_size and data.gradient_accumulation must be at least 1");
-  if (c.data.caption_dropout < 0 || c.data.caption_dropout > 1) fail("data.caption_dropout must be in [0, 1]");
+  if (c.data.caption_dropout < 0 || c.data.caption_dropout > 1)
+    fail("data.caption_dropout must be in [0, 1]");
   for (const auto* part : {static_cast<const PartSection*>(&c.text_encoder), &c.unet}) {
     const auto name = part == &c.unet ? "unet" : "text_encoder";
     if (part->lr < 0) fail(fmt::format("{}.lr must be >= 0", name));
     const auto optimizers = optimizer_names(), schedules = lr_schedule_names();
     if (std::find(optimizers.begin(), optimizers.end(), part->optimizer) == optimizers.end())
-      fail(fmt::format("{}.optimizer '{}' is not known ({})", name, part->optimizer, fmt::join(optimizers, ", ")));
+      fail(fmt::format("{}.optimizer '{}' is not known ({})", name, part->optimizer,
+                       fmt::join(optimizers, ", ")));
     if (std::find(schedules.begin(), schedules.end(), part->schedule) == schedules.end())
-      fail(fmt::format("{}.schedule '{}' is not known ({})", name, part->schedule, fmt::join(schedules, ", ")));
+      fail(fmt::format("{}.schedule '{}' is not known ({})", name, part->schedule,
+                       fmt::join(schedules, ", ")));
     if (part->schedule == "polynomial" && !(part->lr > part->schedule_end_lr))
       fail(fmt::format("{}.schedule polynomial needs lr above schedule_end_lr", name));
     if (part->schedule_cycles < 1) fail(fmt::format("{}.schedule_cycles must be at least 1", name));
     if (part->block_size < 1) fail(fmt::format("{}.block_size must be at least 1", name));
     if (part->warmup_steps < 0) fail(fmt::format("{}.warmup_steps must be >= 0", name));
   }
-  if (!c.text_encoder.train && !c.unet.train) fail("neither text_encoder.train nor unet.train is on: nothing to train");
+  if (!c.text_encoder.train && !c.unet.train)
+    fail("neither text_encoder.train nor unet.train is on: nothing to train");
   if (c.text_encoder.clip_skip < 1) fail("text_encoder.clip_skip must be at least 1");
   if (c.noise.min_timestep < 0 || c.noise.max_timestep > 1000 || c.noise.min_timestep >= c.noise.max_timestep)
     fail("noise.min_timestep/max_timestep must satisfy 0 <= min < max <= 1000");
@@ -396,11 +407,13 @@ void validate(const RunConfig& c, const std::string& source) {
   if (c.data.min_bucket < 8 || c.data.min_bucket > c.data.max_bucket)
     fail("data.min_bucket must be at least 8 and not above data.max_bucket");
   if (c.data.keep_tags < 0) fail("data.keep_tags must be >= 0");
-  if (c.validation.every_epochs < 0 || c.validation.stabilize_items < 0 || c.validation.timesteps_per_item < 1)
+  if (c.validation.every_epochs < 0 || c.validation.stabilize_items < 0 ||
+      c.validation.timesteps_per_item < 1)
     fail("validation.every_epochs and stabilize_items must be >= 0, timesteps_per_item >= 1");
   if (c.checkpoints.every_epochs < 0) fail("checkpoints.every_epochs must be >= 0");
   if (c.samples.steps < 1) fail("samples.steps must be at least 1");
-  if (c.lora.enabled && (c.lora.rank < 1 || c.lora.alpha <= 0)) fail("lora.rank must be >= 1 and lora.alpha > 0");
+  if (c.lora.enabled && (c.lora.rank < 1 || c.lora.alpha <= 0))
+    fail("lora.rank must be >= 1 and lora.alpha > 0");
   const auto samplers = sampler_names();
   if (std::find(samplers.begin(), samplers.end(), c.samples.sampler) == samplers.end())
     fail(fmt::format("samples.sampler '{}' is not known ({})", c.samples.sampler, fmt::join(samplers, ", ")));

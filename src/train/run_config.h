@@ -10,8 +10,8 @@
 namespace kiln {
 
 struct ModelSection {
-  std::string checkpoint;     // base model: .safetensors or diffusers folder
-  std::string config;         // diffusers folder / config.json for non-SD-1.5 architectures
+  std::string checkpoint;              // base model: .safetensors or diffusers folder
+  std::string config;                  // diffusers folder / config.json for non-SD-1.5 architectures
   std::string prediction = "epsilon";  // epsilon | v_prediction
 };
 
@@ -49,10 +49,10 @@ struct PartSection {
   int64_t block_size = 256;  // adamw8bit: elements per quantisation block (bitsandbytes >= 0.44: 256)
   std::string schedule = "constant";  // constant | linear | cosine | cosine_with_restarts | polynomial
   int64_t warmup_steps = 0;
-  int64_t schedule_cycles = 1;    // cosine_with_restarts
-  double schedule_power = 1.0;    // polynomial
-  double schedule_end_lr = 1e-7;  // polynomial
-  double max_grad_norm = 1.0;  // 0: no clipping
+  int64_t schedule_cycles = 1;          // cosine_with_restarts
+  double schedule_power = 1.0;          // polynomial
+  double schedule_end_lr = 1e-7;        // polynomial
+  double max_grad_norm = 1.0;           // 0: no clipping
   bool gradient_checkpointing = false;  // recompute blocks in backward: less memory, ~30 % more time
 };
 
@@ -75,14 +75,15 @@ struct LossSection {
 struct TrainingSection {
   uint64_t seed = 555;
   int64_t epochs = 10;
-  double ema_decay = 0.0;  // 0: off; e.g. 0.999: checkpoints of the weights' moving average beside the raw ones
+  double ema_decay =
+      0.0;  // 0: off; e.g. 0.999: checkpoints of the weights' moving average beside the raw ones
 };
 
 struct ValidationSection {
-  std::string folder;          // a separate validation folder, or
-  double split = 0.0;          // a seeded fraction of the training images held out
-  int64_t every_epochs = 1;    // 0: only before training and after the last epoch
-  int64_t stabilize_items = 8; // training items for the stabilised training loss (0: off)
+  std::string folder;           // a separate validation folder, or
+  double split = 0.0;           // a seeded fraction of the training images held out
+  int64_t every_epochs = 1;     // 0: only before training and after the last epoch
+  int64_t stabilize_items = 8;  // training items for the stabilised training loss (0: off)
   int64_t timesteps_per_item = 4;
 };
 

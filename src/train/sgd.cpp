@@ -39,10 +39,12 @@ void SGD::load_state(const StateDict& state) {
   for (const auto& p : parameters_) {
     const auto it = state.find(p.name + ".momentum");
     if (it == state.end()) continue;
-    if (it->second.sizes() != p.tensor.sizes()) throw Error("SGD state of " + p.name + " does not fit its shape");
+    if (it->second.sizes() != p.tensor.sizes())
+      throw Error("SGD state of " + p.name + " does not fit its shape");
     momentum[p.name] = it->second.clone();
   }
-  if (momentum.size() != state.size()) throw Error("SGD state holds parameters this optimizer does not train");
+  if (momentum.size() != state.size())
+    throw Error("SGD state holds parameters this optimizer does not train");
   momentum_ = std::move(momentum);
 }
 

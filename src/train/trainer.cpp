@@ -9,9 +9,9 @@
 #include <set>
 
 #include "data/captions.h"
+#include "image/png.h"
 #include "io/checkpoint.h"
 #include "logging/metrics_log.h"
-#include "image/png.h"
 #include "pipeline/a1111_parameters.h"
 #include "pipeline/loaded_model.h"
 #include "pipeline/prompt_file.h"
@@ -88,8 +88,8 @@ class Trainer {
   void save(int64_t epoch, int64_t batch);
   void save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
                             const std::string& settings);
-  void finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch, int64_t batch,
-                   const std::string& trained_parts, const std::string& settings);
+  void finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch,
+                   int64_t batch, const std::string& trained_parts, const std::string& settings);
   void write_samples(const std::string& name);
   std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
@@ -104,7 +104,7 @@ class Trainer {
   std::vector<Part> parts_;
   std::unique_ptr<LoraAdapter> lora_;  // set when the run trains a LoRA instead of the weights
   PartOptimizers optimizers_;
-  std::vector<LrSchedule> schedules_;  // one per optimizers_ entry
+  std::vector<LrSchedule> schedules_;    // one per optimizers_ entry
   std::set<std::string> trained_parts_;  // parts whose weights differ from the base model
   std::vector<TrainingItem> stabilize_items_;
   std::unique_ptr<MetricsLog> log_;
@@ -119,9 +119,9 @@ void Trainer::setup_parts() {
   models.unet->set_gradient_checkpointing(config_.unet.gradient_checkpointing);
   if (config_.lora.enabled) {
     const auto& l = config_.lora;
-    lora_ = std::make_unique<LoraAdapter>(models, LoraOptions{l.rank, l.alpha, l.targets, l.rank_dropout, l.module_dropout},
-                                          config_.text_encoder.train,
-                                          config_.unet.train, config_.training.seed);
+    lora_ = std::make_unique<LoraAdapter>(
+        models, LoraOptions{l.rank, l.alpha, l.targets, l.rank_dropout, l.module_dropout},
+        config_.text_encoder.train, config_.unet.train, config_.training.seed);
     say(fmt::format("LoRA: {} modules, rank {}, alpha {}", lora_->modules(), l.rank, l.alpha));
   }
   parts_.clear();
@@ -197,13 +197,16 @@ double Trainer::fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_
     std::vector<int64_t> t;
     const double span = static_cast<double>(config_.noise.max_timestep - config_.noise.min_timestep);
     for (int64_t j = 0; j < per_item; ++j)
-      t.push_back(config_.noise.min_timestep + static_cast<int64_t>((static_cast<double>(j) + 0.5) * span / per_item));
+      t.push_back(config_.noise.min_timestep +
+                  static_cast<int64_t>((static_cast<double>(j) + 0.5) * span / per_item));
     const auto timesteps = torch::tensor(t, torch::kInt64);
     const auto context =
         encode_captions({process(item, config_.data, false, 0)}, false).expand({per_item, -1, -1});
-    const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+    const auto pred =
+        model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
     const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
-    total += diffusion_loss(schedule_, pred, target, timesteps, {prediction, config_.loss.min_snr_gamma}).item<double>();
+    total += diffusion_loss(schedule_, pred, target, timesteps, {prediction, config_.loss.min_snr_gamma})
+                 .item<double>();
   }
   set_train_mode(true);
   return total / static_cast<double>(items.size());
@@ -270,7 +273,8 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   checkpoint.metadata["kiln.version"] = KILN_VERSION;
   checkpoint.metadata["kiln.trained_parts"] = fmt::format("{}", fmt::join(trained_parts_, ","));
   write_checkpoint(checkpoint, path, layout, parse_dtype(config_.checkpoints.dtype));
-  const bool has_ema = std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.ema != nullptr; });
+  const bool has_ema =
+      std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.ema != nullptr; });
   if (has_ema) {
     for (auto& part : parts_)
       if (part.ema) part.ema->swap_in();
@@ -280,8 +284,8 @@ void Trainer::save(int64_t epoch, int64_t batch) {
     averaged.metadata = checkpoint.metadata;
     averaged.metadata["kiln.ema_decay"] = fmt::format("{}", config_.training.ema_decay);
     const auto ema_name = name + "-ema";
-    write_checkpoint(averaged, dir / (layout == CheckpointLayout::Ldm ? ema_name + ".safetensors" : ema_name), layout,
-                     parse_dtype(config_.checkpoints.dtype));
+    write_checkpoint(averaged, dir / (layout == CheckpointLayout::Ldm ? ema_name + ".safetensors" : ema_name),
+                     layout, parse_dtype(config_.checkpoints.dtype));
   }
 
   // What exact resume needs: fp32 weights of every part that has trained (the checkpoint may be
@@ -294,15 +298,17 @@ void Trainer::save(int64_t epoch, int64_t batch) {
     if (part.ema)
       for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
   }
-  finish_save(path, name, std::move(state), epoch, batch, fmt::format("{}", fmt::join(trained_parts_, ",")), settings);
+  finish_save(path, name, std::move(state), epoch, batch, fmt::format("{}", fmt::join(trained_parts_, ",")),
+              settings);
 }
 
 // Both kinds of checkpoint end alike: the resume state beside them (with every optimizer's state and
 // where the run stands), then the samples.
-void Trainer::finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch, int64_t batch,
-                          const std::string& trained_parts, const std::string& settings) {
+void Trainer::finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch,
+                          int64_t batch, const std::string& trained_parts, const std::string& settings) {
   for (const auto& entry : optimizers_.entries)
-    for (const auto& [key, tensor] : entry.optimizer->state()) state["optimizer." + entry.state_prefix + "." + key] = tensor;
+    for (const auto& [key, tensor] : entry.optimizer->state())
+      state["optimizer." + entry.state_prefix + "." + key] = tensor;
   SafeTensorsWriteOptions write;
   write.metadata = {{"kiln.epoch", std::to_string(epoch)},
                     {"kiln.batch", std::to_string(batch)},
@@ -317,8 +323,8 @@ void Trainer::finish_save(const fs::path& path, const std::string& name, StateDi
 
 // A LoRA run's checkpoint is the LoRA file itself (kohya format, loadable by A1111, ComfyUI,
 // stable-diffusion.cpp); its resume state holds the fp32 LoRA matrices and the optimizer state.
-void Trainer::save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
-                                   const std::string& settings) {
+void Trainer::save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch,
+                                   int64_t batch, const std::string& settings) {
   Metadata metadata{{"kiln.run_config", settings},
                     {"kiln.epoch", std::to_string(epoch)},
                     {"kiln.global_step", std::to_string(global_step_)},
@@ -372,7 +378,8 @@ void Trainer::restore(const fs::path& state_file) {
     StateDict optimizer_state;
     const auto prefix = "optimizer." + optimizer.state_prefix + ".";
     for (const auto& entry : state.entries())
-      if (entry.name.starts_with(prefix)) optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
+      if (entry.name.starts_with(prefix))
+        optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
     // A part that starts training at this resume (or changes optimizer) starts with fresh state.
     if (!optimizer_state.empty()) optimizer.optimizer->load_state(optimizer_state);
   }
@@ -381,7 +388,8 @@ void Trainer::restore(const fs::path& state_file) {
     StateDict ema_state;
     const auto ema_prefix = "ema." + part.name + ".";
     for (const auto& entry : state.entries())
-      if (entry.name.starts_with(ema_prefix)) ema_state[entry.name.substr(ema_prefix.size())] = state.tensor(entry.name);
+      if (entry.name.starts_with(ema_prefix))
+        ema_state[entry.name.substr(ema_prefix.size())] = state.tensor(entry.name);
     if (part.ema && !ema_state.empty()) part.ema->load_state(ema_state);
     if (part.ema && ema_state.empty()) part.ema->reset_to_weights();
   }
@@ -404,8 +412,9 @@ TrainResult Trainer::run() {
   if (!warnings.str().empty()) say(warnings.str());
   say(fmt::format("{} training images ({} with repeats), {} validation images", data_.unique_train_images,
                   data_.train.size(), data_.validation.size()));
-  cache_ = std::make_unique<LatentCache>(config_.data.cache_latents ? options_.run_dir / "latent-cache" : fs::path(),
-                                         model_->models.vae, config_.data.crop == "random", config_.training.seed);
+  cache_ = std::make_unique<LatentCache>(
+      config_.data.cache_latents ? options_.run_dir / "latent-cache" : fs::path(), model_->models.vae,
+      config_.data.crop == "random", config_.training.seed);
   setup_parts();
   if (options_.resume) restore(latest_state(options_.run_dir));
   write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
@@ -417,20 +426,22 @@ TrainResult Trainer::run() {
     std::set<int64_t> seen;
     for (const auto& item : data_.train)
       if (seen.insert(item.image_index).second) unique.push_back(item);
-    const auto order = torch::randperm(static_cast<int64_t>(unique.size()),
-                                       make_generator(config_.training.seed, RandomStream::Selection, 2), torch::kLong);
+    const auto order =
+        torch::randperm(static_cast<int64_t>(unique.size()),
+                        make_generator(config_.training.seed, RandomStream::Selection, 2), torch::kLong);
     for (int64_t i = 0; i < std::min<int64_t>(config_.validation.stabilize_items, order.size(0)); ++i)
       stabilize_items_.push_back(unique[static_cast<size_t>(order[i].item<int64_t>())]);
   }
 
   const auto& d = config_.data;
-  const int64_t batches_per_epoch = static_cast<int64_t>(epoch_batches(data_.train, d.batch_size, config_.training.seed, 0).size());
+  const int64_t batches_per_epoch =
+      static_cast<int64_t>(epoch_batches(data_.train, d.batch_size, config_.training.seed, 0).size());
   const int64_t steps_per_epoch = (batches_per_epoch + d.gradient_accumulation - 1) / d.gradient_accumulation;
   const int64_t total_steps = steps_per_epoch * config_.training.epochs;
   for (const auto& entry : optimizers_.entries) {
     const auto& s = *entry.schedule_from;
-    schedules_.push_back({s.schedule, entry.base_lr, s.warmup_steps, total_steps, s.schedule_cycles, s.schedule_power,
-                          s.schedule_end_lr});
+    schedules_.push_back({s.schedule, entry.base_lr, s.warmup_steps, total_steps, s.schedule_cycles,
+                          s.schedule_power, s.schedule_end_lr});
   }
   say("settings:\n" + to_toml(config_));
 
@@ -458,17 +469,19 @@ TrainResult Trainer::run() {
       for (const auto index : batch) {
         const auto& item = data_.train[index];
         const bool flip =
-            d.random_flip && (derive_seed(config_.training.seed, RandomStream::Flip, static_cast<uint64_t>(epoch), index) & 1);
+            d.random_flip &&
+            (derive_seed(config_.training.seed, RandomStream::Flip, static_cast<uint64_t>(epoch), index) & 1);
         const auto latent = cache_->get(item, flip);
         means.push_back(latent.mean);
         stds.push_back(latent.std);
-        captions.push_back(process(item, d, true, derive_seed(config_.training.seed, RandomStream::Caption,
-                                                              static_cast<uint64_t>(epoch), index)));
+        captions.push_back(process(
+            item, d, true,
+            derive_seed(config_.training.seed, RandomStream::Caption, static_cast<uint64_t>(epoch), index)));
       }
       const auto mean = torch::cat(means), std = torch::cat(stds);
       // Every draw of this batch from one generator at (epoch, batch), in a fixed order.
-      auto generator = make_generator(config_.training.seed, RandomStream::Noise, static_cast<uint64_t>(epoch),
-                                      static_cast<uint64_t>(b));
+      auto generator = make_generator(config_.training.seed, RandomStream::Noise,
+                                      static_cast<uint64_t>(epoch), static_cast<uint64_t>(b));
       const auto latent_noise = torch::randn(mean.sizes(), generator);
       auto noise = torch::randn(mean.sizes(), generator);
       const auto timesteps = torch::randint(config_.noise.min_timestep, config_.noise.max_timestep,
@@ -478,8 +491,10 @@ TrainResult Trainer::run() {
       const auto x0 = (mean + std * latent_noise) * scale;
 
       if (lora_) lora_->inject(global_step_);  // this step's W₀ + (α/r)·U·D, with a graph to U and D
-      const auto context = encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
-      const auto pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+      const auto context =
+          encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
+      const auto pred =
+          model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
       const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
       const auto loss = diffusion_loss(schedule_, pred, target, timesteps, loss_options);
       (loss / static_cast<double>(d.gradient_accumulation)).backward();
@@ -495,7 +510,7 @@ TrainResult Trainer::run() {
       for (auto& part : parts_) {
         if (!part.optimizer) continue;
         const double max_norm = part.settings->max_grad_norm > 0 ? part.settings->max_grad_norm
-                                                                  : std::numeric_limits<double>::infinity();
+                                                                 : std::numeric_limits<double>::infinity();
         values["grad_norm/" + part.name] = torch::nn::utils::clip_grad_norm_(part.trainable, max_norm);
       }
       for (size_t o = 0; o < optimizers_.entries.size(); ++o) {
@@ -516,13 +531,17 @@ TrainResult Trainer::run() {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
       values["performance/images_per_second"] = static_cast<double>(images) / std::max(seconds, 1e-9);
-      if (global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0) log_->log(global_step_, values, epoch + 1);
+      if (global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0)
+        log_->log(global_step_, values, epoch + 1);
       std::string rates;
       for (const auto& part : parts_)
-        if (part.optimizer) rates += fmt::format("  lr {} {:.3g}", part.name == kUNet ? "unet" : "te", values["lr/" + part.name]);
-      progress.update(global_step_ - session_start_step,
-                      fmt::format("epoch {}/{}  loss {:.4f}{}  {:.2f} img/s", epoch + 1, config_.training.epochs,
-                                  values["loss/step"], rates, values["performance/images_per_second"]));
+        if (part.optimizer)
+          rates +=
+              fmt::format("  lr {} {:.3g}", part.name == kUNet ? "unet" : "te", values["lr/" + part.name]);
+      progress.update(
+          global_step_ - session_start_step,
+          fmt::format("epoch {}/{}  loss {:.4f}{}  {:.2f} img/s", epoch + 1, config_.training.epochs,
+                      values["loss/step"], rates, values["performance/images_per_second"]));
       step_loss = 0;
       accumulated = 0;
       images = 0;
@@ -541,7 +560,8 @@ TrainResult Trainer::run() {
     const auto& c = config_.checkpoints;
     const bool listed = std::find(c.epochs.begin(), c.epochs.end(), done) != c.epochs.end();
     const bool periodic = c.every_epochs > 0 && done >= c.from_epoch && done % c.every_epochs == 0;
-    const bool validate_now = config_.validation.every_epochs > 0 && done % config_.validation.every_epochs == 0;
+    const bool validate_now =
+        config_.validation.every_epochs > 0 && done % config_.validation.every_epochs == 0;
     if (validate_now || done == config_.training.epochs) evaluate(done);
     const bool stop = options_.stop_requested && options_.stop_requested();
     if (listed || periodic || done == config_.training.epochs || stop) save(done, 0);
@@ -582,6 +602,8 @@ fs::path latest_state(const fs::path& run_dir) {
   return best;
 }
 
-TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
+TrainResult train(const RunConfig& config, const TrainOptions& options) {
+  return Trainer(config, options).run();
+}
 
 }  // namespace kiln

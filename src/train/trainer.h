@@ -22,7 +22,7 @@ namespace kiln {
 
 struct TrainOptions {
   std::filesystem::path run_dir;
-  bool resume = false;  // continue from the newest state in run_dir
+  bool resume = false;                             // continue from the newest state in run_dir
   std::optional<std::filesystem::path> init_from;  // start from this checkpoint instead of model.checkpoint
   std::ostream* console = nullptr;                 // progress and messages (null: quiet)
   // Polled between optimizer steps; true saves a checkpoint and stops (Ctrl-C).

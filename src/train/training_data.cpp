@@ -79,11 +79,12 @@ std::vector<std::vector<size_t>> epoch_batches(const std::vector<TrainingItem>& 
   for (const auto& [bucket, indices] : by_bucket)
     for (size_t start = 0; start < indices.size(); start += static_cast<size_t>(batch_size))
       batches.emplace_back(indices.begin() + static_cast<std::ptrdiff_t>(start),
-                           indices.begin() + static_cast<std::ptrdiff_t>(
-                                                 std::min(indices.size(), start + static_cast<size_t>(batch_size))));
+                           indices.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                                 indices.size(), start + static_cast<size_t>(batch_size))));
   // Buckets are visited in a shuffled order too, so no bucket always comes last.
-  const auto batch_order = permutation(static_cast<int64_t>(batches.size()),
-                                       make_generator(seed, RandomStream::DataOrder, static_cast<uint64_t>(epoch), 1));
+  const auto batch_order =
+      permutation(static_cast<int64_t>(batches.size()),
+                  make_generator(seed, RandomStream::DataOrder, static_cast<uint64_t>(epoch), 1));
   std::vector<std::vector<size_t>> shuffled;
   for (auto b : batch_order) shuffled.push_back(std::move(batches[static_cast<size_t>(b)]));
   return shuffled;

@@ -14,9 +14,9 @@ namespace kiln {
 
 struct TrainingItem {
   std::filesystem::path image;
-  std::string caption;       // as read from the sidecar, before tag processing
+  std::string caption;         // as read from the sidecar, before tag processing
   std::pair<int, int> bucket;  // width, height in pixels
-  int64_t image_index = 0;   // the same for every repeat of one picture
+  int64_t image_index = 0;     // the same for every repeat of one picture
 };
 
 struct TrainingData {

@@ -38,12 +38,14 @@ void run_train(const TrainCommand& c) {
     // text encoder frozen). A run file given as well replaces them.
     options.run_dir = c.resume;
     options.resume = true;
-    const auto file = c.run_file.empty() ? std::filesystem::path(c.resume) / "run.toml" : std::filesystem::path(c.run_file);
+    const auto file =
+        c.run_file.empty() ? std::filesystem::path(c.resume) / "run.toml" : std::filesystem::path(c.run_file);
     config = read_run_config(file, c.overrides);
   } else {
     if (c.run_file.empty()) throw Error("give a RUN_FILE (or --resume RUN_DIR)");
     config = read_run_config(c.run_file, c.overrides);
-    options.run_dir = c.out.empty() ? std::filesystem::path("runs") / std::filesystem::path(c.run_file).stem() : std::filesystem::path(c.out);
+    options.run_dir = c.out.empty() ? std::filesystem::path("runs") / std::filesystem::path(c.run_file).stem()
+                                    : std::filesystem::path(c.out);
     if (std::filesystem::exists(options.run_dir / "run.toml"))
       throw Error(options.run_dir.string() + " already holds a run: --resume it, or choose another --out");
   }
@@ -53,10 +55,11 @@ void run_train(const TrainCommand& c) {
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
   const auto result = train(config, options);
-  std::cerr << (result.interrupted ? "interrupted at" : "finished at") << " epoch " << result.epochs_done << ", step "
-            << result.global_step << "\n";
+  std::cerr << (result.interrupted ? "interrupted at" : "finished at") << " epoch " << result.epochs_done
+            << ", step " << result.global_step << "\n";
   for (const auto& path : result.checkpoints) std::cout << path.string() << "\n";
-  if (result.interrupted) throw Error("training interrupted; continue with: kiln train --resume " + options.run_dir.string());
+  if (result.interrupted)
+    throw Error("training interrupted; continue with: kiln train --resume " + options.run_dir.string());
 }
 
 }  // namespace
