@@ -295,6 +295,11 @@ TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("2 cells generated, 6 reused"), std::string::npos) << r.output;
 
+  // A LoRA on every checkpoint changes every cell: none is reused.
+  r = run_kiln(args + " 'a green triangle' --lora " + (kGolden / "lora.safetensors").string() + ":0.8");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("8 cells generated, 0 reused"), std::string::npos) << r.output;
+
   r = run_kiln("grid --models " + kTinyModel.string() + " " + config_arg() +
                " -p a --seeds 1 2 --cfgs 3 5 --out " + out.string());
   EXPECT_NE(r.exit_code, 0);

@@ -15,6 +15,8 @@
 #include "pipeline/a1111_parameters.h"
 #include "pipeline/loaded_model.h"
 #include "pipeline/txt2img.h"
+#include "surgery/lora.h"
+#include "surgery/lora_merge.h"
 #include "util/error.h"
 #include "util/sha256.h"
 
@@ -137,8 +139,14 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
   };
   const fs::path cell_dir = r.out_dir / "cells";
   fs::create_directories(cell_dir);
+  // A LoRA changes every cell's pixels: its file hash and ratio join each checkpoint's key.
+  std::string lora_key;
+  for (const auto& text : r.loras) {
+    const auto spec = parse_lora_spec(text);
+    lora_key += fmt::format("+lora {} {}", sha256_file(spec.path), spec.ratio);
+  }
   std::vector<std::string> model_keys;
-  for (const auto& path : axes.checkpoints) model_keys.push_back(checkpoint_key(path));
+  for (const auto& path : axes.checkpoints) model_keys.push_back(checkpoint_key(path) + lora_key);
   for (size_t row = 0; row < rows; ++row) {
     for (size_t column = 0; column < columns; ++column) {
       Cell& cell = cells[row][column];
@@ -174,6 +182,13 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
     }
   for (const auto& [checkpoint, todo] : missing) {
     auto model = load_model(axes.checkpoints[checkpoint], r.config);
+    if (!r.loras.empty()) {
+      const auto targets = lora_targets(model.models);
+      for (const auto& text : r.loras) {
+        const auto spec = parse_lora_spec(text);
+        apply_lora(model.models, read_lora(spec.path, targets), spec.ratio);
+      }
+    }
     model.models.unet->set_attention(r.attention);
     model.models.vae->set_attention(r.attention);
     Txt2Img txt2img(model.models, model.tokenizer);

@@ -34,6 +34,7 @@ struct GridRequest {
   bool gif = false;  // OUT/progress.gif: one labelled frame per checkpoint
   int gif_delay_ms = 800;
   AttentionOptions attention;
+  std::vector<std::string> loras;  // "FILE[:ratio]" applied to every checkpoint (part of the cell key)
 };
 
 struct GridResult {

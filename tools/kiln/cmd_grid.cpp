@@ -42,6 +42,7 @@ void run_grid(const GridCommand& c) {
   request.gif = c.gif;
   request.gif_delay_ms = c.gif_delay_ms;
   request.attention = {parse_attention_kernel(c.sample.attention)};
+  request.loras = c.sample.loras;
   std::optional<ProgressBar> progress;
   auto result = make_comparison_grid(request, [&](int64_t done, int64_t total) {
     if (!progress) progress.emplace(std::cerr, "grid", total);
@@ -73,6 +74,7 @@ void add_grid_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--gif", c->gif, "also write progress.gif, one frame per checkpoint");
   cmd->add_option("--gif-delay", c->gif_delay_ms, "milliseconds per GIF frame")->capture_default_str();
+  cmd->add_option("--lora", c->sample.loras, "LoRA FILE[:ratio] applied to every checkpoint (repeatable)");
   add_sample_options(*cmd, c->sample, /*require_model=*/false);
   c->sample.seed = 0;  // a grid compares like with like: a fixed seed unless --seed/--seeds say otherwise
   cmd->callback([c] { run_grid(*c); });
