@@ -13,6 +13,7 @@ packages=(
   fonts-dejavu-core                  # the TrueType font of grid labels
   libgtest-dev libgmock-dev libbenchmark-dev
   time                               # GNU time: peak memory in bench/surgery.sh
+  chromium                           # headless browser for the report screenshot test
   clang libclang-rt-14-dev           # libFuzzer target for the safetensors header parser
 )
 missing=()

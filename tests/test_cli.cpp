@@ -12,12 +12,12 @@
 
 #include "data/synthetic.h"
 #include "image/gif.h"
-#include "io/checkpoint.h"
 #include "image/png.h"
+#include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "pipeline/a1111_parameters.h"
-#include "util/sha256.h"
 #include "test_support.h"
+#include "util/sha256.h"
 
 namespace fs = std::filesystem;
 
@@ -309,11 +309,13 @@ TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
 TEST_F(CliTest, TrainThenResumeWithNewSettings) {
   kiln::write_synthetic_dataset(dir_ / "data", 8, 64, 1);
   const auto run_file = dir_ / "run.toml";
-  std::ofstream(run_file) << "[model]\ncheckpoint = \"" << kTinyModel.string() << "\"\nconfig = \"" << kTinyConfig.string()
-                          << "\"\n[data]\nfolders = [\"data\"]\nresolution = 64\nmin_bucket = 32\nmax_bucket = 128\n"
-                             "bucket_step = 32\nbatch_size = 4\n[training]\nepochs = 2\n[checkpoints]\ndtype = \"fp32\"\n";
+  std::ofstream(run_file)
+      << "[model]\ncheckpoint = \"" << kTinyModel.string() << "\"\nconfig = \"" << kTinyConfig.string()
+      << "\"\n[data]\nfolders = [\"data\"]\nresolution = 64\nmin_bucket = 32\nmax_bucket = 128\n"
+         "bucket_step = 32\nbatch_size = 4\n[training]\nepochs = 2\n[checkpoints]\ndtype = \"fp32\"\n";
   const auto run_dir = dir_ / "run";
-  auto r = run_kiln("train " + run_file.string() + " --out " + run_dir.string() + " --set text_encoder.lr=1e-4");
+  auto r =
+      run_kiln("train " + run_file.string() + " --out " + run_dir.string() + " --set text_encoder.lr=1e-4");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("lr = 0.0001"), std::string::npos) << r.output;  // the resolved settings, printed
   EXPECT_NE(r.output.find("4/4 steps"), std::string::npos) << r.output;    // 2 batches x 2 epochs
@@ -323,14 +325,17 @@ TEST_F(CliTest, TrainThenResumeWithNewSettings) {
   r = run_kiln("train " + run_file.string() + " --out " + run_dir.string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("already holds a run"), std::string::npos) << r.output;
-  r = run_kiln("train --resume " + run_dir.string() + " --set training.epochs=3 --set text_encoder.train=false");
+  r = run_kiln("train --resume " + run_dir.string() +
+               " --set training.epochs=3 --set text_encoder.train=false");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto before = kiln::read_checkpoint(run_dir / "checkpoints" / "e0002.safetensors", kTinyConfig);
   const auto after = kiln::read_checkpoint(run_dir / "checkpoints" / "e0003.safetensors", kTinyConfig);
-  for (const auto& [name, tensor] : before.text_encoder) EXPECT_TRUE(torch::equal(after.text_encoder.at(name), tensor)) << name;
+  for (const auto& [name, tensor] : before.text_encoder)
+    EXPECT_TRUE(torch::equal(after.text_encoder.at(name), tensor)) << name;
   EXPECT_FALSE(torch::equal(after.unet.at("conv_in.weight"), before.unet.at("conv_in.weight")));
 
-  r = run_kiln("train " + run_file.string() + " --out " + (dir_ / "other").string() + " --set unet.learningrate=1");
+  r = run_kiln("train " + run_file.string() + " --out " + (dir_ / "other").string() +
+               " --set unet.learningrate=1");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("unet.learningrate is not a setting of [unet]"), std::string::npos) << r.output;
 }

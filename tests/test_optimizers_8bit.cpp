@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
@@ -334,6 +335,227 @@ TEST(AdamW8bit, EightBitStepsMatchAFloat64Reimplementation) {
     if (step == 3) {
       EXPECT_EQ(p[6], before[6]);
     }
+  }
+}
+
+// ---- the fused 8-bit step against the vectorised tensor form it replaced ----
+
+// AdamW8bit::step_quantized as it was before the fused kernel (whole-tensor torch operations), kept
+// here as the reference the kernel must equal to the bit.
+namespace vectorised {
+
+torch::Tensor nearest_codes(const torch::Tensor& x, const torch::Tensor& map) {
+  const auto index = torch::searchsorted(map, x);
+  const auto lower = (index - 1).clamp_min(0), upper = index.clamp_max(255);
+  const auto midpoint = (torch::take(map, lower) + torch::take(map, upper)) * 0.5;
+  auto codes = torch::where(x < midpoint, lower, upper);
+  codes = torch::where(x == midpoint, torch::where(lower.bitwise_and(1) == 0, lower, upper), codes);
+  return codes.masked_fill_(torch::isnan(x), 0);
+}
+
+torch::Tensor as_blocks(const torch::Tensor& flat, int64_t block_size, double fill) {
+  const int64_t blocks = (flat.numel() + block_size - 1) / block_size;
+  return torch::constant_pad_nd(flat, {0, blocks * block_size - flat.numel()}, fill)
+      .view({blocks, block_size});
+}
+
+torch::Tensor first_elements(const torch::Tensor& blocks, int64_t numel) {
+  return blocks.reshape(-1).narrow(0, 0, numel);
+}
+
+struct StepConstants {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, eps_correction2, step_size, decay;
+  bool decays;
+};
+
+StepConstants step_constants(const AdamW8bitOptions& options, double lr, int64_t step) {
+  StepConstants c{};
+  const float lr_f = static_cast<float>(lr), eps = static_cast<float>(options.eps);
+  const float weight_decay = static_cast<float>(options.weight_decay), t = static_cast<float>(step);
+  c.beta1 = static_cast<float>(options.beta1);
+  c.beta2 = static_cast<float>(options.beta2);
+  c.one_minus_beta1 = 1.0f - c.beta1;
+  c.one_minus_beta2 = 1.0f - c.beta2;
+  const float correction1 = 1.0f - std::pow(c.beta1, t);
+  const float correction2 = std::sqrt(1.0f - std::pow(c.beta2, t));
+  c.eps_correction2 = eps * correction2;
+  c.step_size = -lr_f * correction2 / correction1;
+  c.decays = weight_decay > 0.0f;
+  c.decay = 1.0f - lr_f * weight_decay;
+  return c;
+}
+
+torch::Tensor adam_update(const torch::Tensor& param_f32, const torch::Tensor& m, const torch::Tensor& v,
+                          const StepConstants& c, torch::ScalarType dtype) {
+  auto updated = param_f32 + (m / (v.sqrt() + c.eps_correction2)) * c.step_size;
+  if (dtype != torch::kFloat32) updated = updated.to(dtype).to(torch::kFloat32);
+  if (c.decays) updated = updated * c.decay;
+  return updated;
+}
+
+struct Slot {
+  torch::Tensor state1, state2, absmax1, absmax2;
+  int64_t step = 0;
+};
+
+void step(torch::Tensor& param, const torch::Tensor& grad, Slot& slot, const AdamW8bitOptions& options,
+          const torch::Tensor& map1, const torch::Tensor& map2) {
+  torch::NoGradGuard no_grad;
+  const int64_t numel = param.numel(), block_size = options.block_size;
+  if (!slot.state1.defined()) {
+    const int64_t blocks = (numel + block_size - 1) / block_size;
+    slot.state1 = torch::zeros(param.sizes(), torch::kUInt8);
+    slot.state2 = torch::zeros(param.sizes(), torch::kUInt8);
+    slot.absmax1 = torch::zeros({blocks});
+    slot.absmax2 = torch::zeros({blocks});
+  }
+  const auto c = step_constants(options, options.lr, ++slot.step);
+  const auto g = as_blocks(grad.reshape(-1).to(torch::kFloat32), block_size, 0.0);
+  const auto codes1 = as_blocks(slot.state1.reshape(-1), block_size, 128.0).to(torch::kLong);
+  const auto codes2 = as_blocks(slot.state2.reshape(-1), block_size, 0.0).to(torch::kLong);
+  const auto finite = torch::isfinite(g);
+  auto m = torch::take(map1, codes1) * slot.absmax1.unsqueeze(1);
+  auto v = torch::take(map2, codes2) * slot.absmax2.unsqueeze(1);
+  v = (v * c.beta2).add_((g * c.one_minus_beta2).mul_(g)).masked_fill_(finite.logical_not(), 0.0);
+  m = (m * c.beta1).add_(g * c.one_minus_beta1).masked_fill_(finite.logical_not(), 0.0);
+  auto absmax1 = m.abs().amax(1), absmax2 = v.abs().amax(1);
+  const auto param_f32 = param.reshape(-1).to(torch::kFloat32);
+  const auto updated =
+      adam_update(param_f32, first_elements(m, numel), first_elements(v, numel), c, param.scalar_type());
+  param.copy_(torch::where(first_elements(finite, numel), updated, param_f32).view(param.sizes()));
+  auto new_codes1 = nearest_codes(m / absmax1.unsqueeze(1), map1);
+  const auto sign_lost = torch::signbit(torch::take(map1, new_codes1)) != torch::signbit(m);
+  const auto towards = torch::ones_like(new_codes1).masked_fill_(m <= 0, -1);
+  new_codes1 = torch::where(sign_lost, new_codes1 + towards, new_codes1).bitwise_and(255);
+  const auto new_codes2 = nearest_codes(v / absmax2.unsqueeze(1), map2);
+  slot.state1 = first_elements(new_codes1, numel).to(torch::kUInt8).view(param.sizes());
+  slot.state2 = first_elements(new_codes2, numel).to(torch::kUInt8).view(param.sizes());
+  slot.absmax1 = std::move(absmax1);
+  slot.absmax2 = std::move(absmax2);
+}
+
+}  // namespace vectorised
+
+// Same dtype, shape and bytes: NaNs included, and -0 told from +0.
+bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  const auto ca = a.detach().contiguous(), cb = b.detach().contiguous();
+  return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+}
+
+// A gradient whose first-step moment, scaled by its block's absmax, lands exactly on `target` (a
+// midpoint between two codes), searched among the floats next to `start`; NaN if none does.
+template <typename Scaled>
+float tie_gradient(float target, float start, Scaled scaled) {
+  float up = start, down = start;
+  for (int i = 0; i < 256; ++i) {
+    if (scaled(up) == target) return up;
+    if (scaled(down) == target) return down;
+    up = std::nextafter(up, 2.0f);
+    down = std::nextafter(down, -2.0f);
+  }
+  return std::numeric_limits<float>::quiet_NaN();
+}
+
+struct FusedCase {
+  std::string name;
+  torch::Tensor value;
+  AdamW8bitOptions options;
+};
+
+TEST(AdamW8bit, FusedStepEqualsTheVectorisedStepBitForBit) {
+  torch::manual_seed(17);
+  std::vector<FusedCase> cases;
+  AdamW8bitOptions defaults;
+  defaults.lr = 1e-3;
+  cases.push_back({"partial last block", torch::randn({71, 70}), defaults});  // 19 blocks and one of 106
+  AdamW8bitOptions no_decay = defaults;
+  no_decay.weight_decay = 0;
+  cases.push_back({"whole blocks, no decay", torch::randn({64, 64}), no_decay});
+  AdamW8bitOptions odd_blocks = defaults;
+  odd_blocks.block_size = 102;  // not a multiple of the kernel's 4 or 16 lanes; last block of 1
+  cases.push_back({"odd block size", torch::randn({4999}), odd_blocks});
+  cases.push_back({"non-contiguous", torch::randn({90, 60}).t(), defaults});
+  cases.push_back({"float64", torch::randn({50, 100}, torch::kFloat64), defaults});
+  cases.push_back({"float16", torch::randn({5003}).to(torch::kHalf), defaults});
+  cases.push_back({"bfloat16", torch::randn({4100}).to(torch::kBFloat16), defaults});
+  const auto map1 = dynamic_quantization_map(true), map2 = dynamic_quantization_map(false);
+
+  for (const auto& test : cases) {
+    SCOPED_TRACE(test.name);
+    auto params = one_parameter("w", test.value);
+    ASSERT_EQ(params[0].tensor.is_contiguous(), test.value.is_contiguous());
+    AdamW8bit optimizer(params, test.options);
+    auto& w = params[0].tensor;
+    auto reference = test.value.clone();
+    vectorised::Slot slot;
+    const int64_t n = w.numel(), block = test.options.block_size;
+    for (int step = 1; step <= 3; ++step) {
+      auto g = (torch::randn({n}) * torch::exp(torch::randn({n}) * 2)).to(w.scalar_type());
+      std::vector<std::pair<int64_t, int>> tie_codes1, tie_codes2;  // element, expected (even) code
+      if (step == 1) {
+        g.narrow(0, block, block).zero_();  // an all-zero block: absmax 0, codes 255 / 0
+        g[3] = -1e-9;
+        g[4] = 1e-9;
+        if (w.scalar_type() == torch::kFloat32 || w.scalar_type() == torch::kFloat64) {
+          // Block 3: absmax from g = 1, then moments exactly on midpoints (m from zero state is
+          // (1 − β1)·g, v is ((1 − β2)·g)·g), whose ties go to the even code.
+          const int64_t first = 3 * block;
+          g.narrow(0, first, block).uniform_(-0.5, 0.5);
+          g[first] = 1.0;
+          const float rest1 = 1.0f - static_cast<float>(test.options.beta1);
+          const float rest2 = 1.0f - static_cast<float>(test.options.beta2);
+          const auto values1 = to_floats(map1), values2 = to_floats(map2);
+          int64_t next = first + 1;
+          for (const int upper : {1, 2, 60, 100, 127, 128, 129, 200, 201, 254, 255}) {
+            const float mid = (values1[upper - 1] + values1[upper]) * 0.5f;
+            const float tie = tie_gradient(mid, mid, [&](float x) { return (x * rest1) / rest1; });
+            if (std::isnan(tie)) continue;
+            g[next] = tie;
+            tie_codes1.push_back({next++, upper % 2 == 0 ? upper : upper - 1});
+          }
+          for (const int upper : {1, 2, 3, 50, 101, 200, 255}) {
+            const float mid = (values2[upper - 1] + values2[upper]) * 0.5f;
+            const float tie =
+                tie_gradient(mid, std::sqrt(mid), [&](float x) { return ((x * rest2) * x) / rest2; });
+            if (std::isnan(tie)) continue;
+            g[next] = tie;
+            tie_codes2.push_back({next++, upper % 2 == 0 ? upper : upper - 1});
+          }
+          EXPECT_GE(tie_codes1.size(), 8u);
+          EXPECT_GE(tie_codes2.size(), 4u);
+        }
+      }
+      // A finite gradient whose (1 − β2)·g² overflows: v = ∞, absmax2 = ∞ and v / absmax2 = NaN; on
+      // the next step that block's v is 0·∞ = NaN, absmax2 NaN, its parameters NaN.
+      const bool overflows = w.scalar_type() != torch::kHalf && w.scalar_type() != torch::kBFloat16;
+      if (step == 2) {
+        g.narrow(0, 2 * block, block).fill_(std::numeric_limits<double>::quiet_NaN());  // a reset block
+        g[5] = std::numeric_limits<double>::quiet_NaN();
+        g[n - 1] = -std::numeric_limits<double>::infinity();
+        if (overflows) g[9] = 1e30;
+      }
+      if (step == 3) {
+        g[6] = std::numeric_limits<double>::infinity();
+        if (overflows) g[4 * block + 7] = -1e30;
+      }
+      g = g.view(w.sizes());
+      w.mutable_grad() = g.clone();
+      optimizer.step();
+      vectorised::step(reference, g, slot, test.options, map1, map2);
+      const auto state = optimizer.state();
+      EXPECT_TRUE(bitwise_equal(state.at("w.state1"), slot.state1)) << "state1, step " << step;
+      EXPECT_TRUE(bitwise_equal(state.at("w.state2"), slot.state2)) << "state2, step " << step;
+      EXPECT_TRUE(bitwise_equal(state.at("w.absmax1"), slot.absmax1)) << "absmax1, step " << step;
+      EXPECT_TRUE(bitwise_equal(state.at("w.absmax2"), slot.absmax2)) << "absmax2, step " << step;
+      EXPECT_TRUE(bitwise_equal(w, reference)) << "parameter, step " << step;
+      const auto codes1 = to_codes(state.at("w.state1")), codes2 = to_codes(state.at("w.state2"));
+      for (const auto& [element, code] : tie_codes1)
+        EXPECT_EQ(codes1[element], code) << "m tie at " << element;
+      for (const auto& [element, code] : tie_codes2)
+        EXPECT_EQ(codes2[element], code) << "v tie at " << element;
+    }
+    EXPECT_EQ(w.is_contiguous(), test.value.is_contiguous());
   }
 }
 

@@ -7,7 +7,12 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "util/error.h"
 
@@ -89,22 +94,24 @@ torch::Tensor adam_update(const torch::Tensor& param_f32, const torch::Tensor& m
   return updated;
 }
 
-
 // The fused 8-bit step below reproduces the vectorised expressions above (nearest_codes, adam_update,
 // the moment updates) element by element in the same float32 operations and order, so that its codes,
-// absmax and parameters equal theirs to the bit; the tensor form took ~90 times as long on the SD 1.5
-// UNet, materialising a dozen full-size temporaries (int64 codes among them) per parameter.
+// absmax and parameters equal theirs to the bit. The tensor form, materialising a dozen full-size
+// temporaries (int64 codes among them) per parameter, took 15 times as long on the SD 1.5 UNet
+// (bench/results/2026-11-29-vm.md).
 
 // A quantisation map as plain arrays: its values and, at i ≥ 1, nearest_codes()'s float32 midpoint
 // between codes i − 1 and i.
 struct CodeMap {
   std::array<float, kMapSize> value{}, midpoint{};
+  std::array<uint8_t, kMapSize> negative{};  // signbit(value), a load cheaper than the float test
 
   explicit CodeMap(const torch::Tensor& map) {
     const auto values = map.to(torch::kFloat32).contiguous();
     std::copy_n(values.data_ptr<float>(), kMapSize, value.begin());
     midpoint[0] = value[0];
     for (int64_t i = 1; i < kMapSize; ++i) midpoint[i] = (value[i - 1] + value[i]) * 0.5f;
+    for (int64_t i = 0; i < kMapSize; ++i) negative[i] = std::signbit(value[i]) ? 1 : 0;
   }
 
   // nearest_codes() for N values. Counting the values below x among the first 255 (8 halvings, no
@@ -141,11 +148,19 @@ struct FusedStep {
   float* absmax2;
 };
 
-// torch's amax: a NaN anywhere makes the maximum NaN.
-inline float nan_max(float running, float x) { return std::isnan(running) || x <= running ? running : x; }
+// A block's largest |moment| as torch's amax gives it: any NaN makes it the canonical quiet NaN.
+struct AbsMax {
+  float max = 0.0f;
+  bool nan = false;
+  void add(float x) {
+    max = std::max(max, std::fabs(x));
+    nan |= std::isnan(x);
+  }
+  float value() const { return nan ? std::numeric_limits<float>::quiet_NaN() : max; }
+};
 
 // Elements per interleaved code search: enough independent loads to hide their latency.
-constexpr int kLanes = 8;
+constexpr int kLanes = 16;
 
 // The codes of N elements' moments m / absmax1 and v / absmax2.
 template <int N>
@@ -163,7 +178,7 @@ void requantise(const FusedStep& s, const float* m, const float* v, float absmax
     // The kernel keeps m's sign through quantisation (a small negative m would otherwise round to the
     // 0 code), stepping one code towards it in uint8 arithmetic: an all-zero block's code 0 (−0.993)
     // wraps to 255, harmless since its absmax is 0.
-    const bool sign_lost = std::signbit(s.map1.value[c1[k]]) != std::signbit(m[k]);
+    const bool sign_lost = s.map1.negative[c1[k]] != static_cast<uint8_t>(std::signbit(m[k]));
     const int towards = m[k] <= 0.0f ? -1 : 1;
     codes1[k] = static_cast<uint8_t>((c1[k] + static_cast<int>(sign_lost) * towards) & (kMapSize - 1));
     codes2[k] = static_cast<uint8_t>(c2[k]);
@@ -172,38 +187,80 @@ void requantise(const FusedStep& s, const float* m, const float* v, float absmax
 
 // Block b's new moments (its real elements into m and v, with their gradients' finiteness), its new
 // absmax and its codes, rewritten in place. A non-finite gradient resets its element's moments.
-void step_block_moments(const FusedStep& s, int64_t b, float* m, float* v, uint8_t* finite) {
+void step_block_moments(const FusedStep& s, int64_t b, float* m, float* v, int32_t* finite) {
   const auto& c = s.c;
   const int64_t begin = b * s.block_size, size = std::min(s.block_size, s.numel - begin);
   const float* g = s.grad + begin;
   uint8_t* codes1 = s.codes1 + begin;
   uint8_t* codes2 = s.codes2 + begin;
   const float scale1 = s.absmax1[b], scale2 = s.absmax2[b];
-  const auto moments = [&](float gi, int code1, int code2, float& mi, float& vi) {
+  const auto moments = [&](float gi, float m_old, float v_old, float& mi, float& vi) {
     const bool ok = std::isfinite(gi);
-    vi = ok ? s.map2.value[code2] * scale2 * c.beta2 + gi * c.one_minus_beta2 * gi : 0.0f;
-    mi = ok ? s.map1.value[code1] * scale1 * c.beta1 + gi * c.one_minus_beta1 : 0.0f;
+    vi = ok ? v_old * scale2 * c.beta2 + gi * c.one_minus_beta2 * gi : 0.0f;
+    mi = ok ? m_old * scale1 * c.beta1 + gi * c.one_minus_beta1 : 0.0f;
     return ok;
   };
-  float max1 = 0.0f, max2 = 0.0f;
   for (int64_t i = 0; i < size; ++i) {
-    finite[i] = moments(g[i], codes1[i], codes2[i], m[i], v[i]);
-    max1 = nan_max(max1, std::fabs(m[i]));
-    max2 = nan_max(max2, std::fabs(v[i]));
+    m[i] = s.map1.value[codes1[i]];
+    v[i] = s.map2.value[codes2[i]];
+  }
+  AbsMax max1, max2;
+  int64_t i = 0;
+#if defined(__SSE2__)
+  // The moments' arithmetic four lanes at once (GCC leaves the loop below scalar).
+  {
+    const __m128 sc1 = _mm_set1_ps(scale1), sc2 = _mm_set1_ps(scale2), beta1 = _mm_set1_ps(c.beta1),
+                 beta2 = _mm_set1_ps(c.beta2), rest1 = _mm_set1_ps(c.one_minus_beta1),
+                 rest2 = _mm_set1_ps(c.one_minus_beta2),
+                 largest = _mm_set1_ps(std::numeric_limits<float>::max()),
+                 magnitude = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+    __m128 max1v = _mm_setzero_ps(), max2v = _mm_setzero_ps(), nan = _mm_setzero_ps();
+    for (; i + 4 <= size; i += 4) {
+      const __m128 gi = _mm_loadu_ps(g + i);
+      const __m128 ok = _mm_cmple_ps(_mm_and_ps(gi, magnitude), largest);  // false for NaN and ±∞
+      const __m128 mi = _mm_and_ps(
+          ok, _mm_add_ps(_mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(m + i), sc1), beta1), _mm_mul_ps(gi, rest1)));
+      const __m128 vi = _mm_and_ps(ok, _mm_add_ps(_mm_mul_ps(_mm_mul_ps(_mm_loadu_ps(v + i), sc2), beta2),
+                                                  _mm_mul_ps(_mm_mul_ps(gi, rest2), gi)));
+      _mm_storeu_ps(m + i, mi);
+      _mm_storeu_ps(v + i, vi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(finite + i), _mm_castps_si128(ok));
+      const __m128 abs1 = _mm_and_ps(mi, magnitude), abs2 = _mm_and_ps(vi, magnitude);
+      max1v = _mm_max_ps(max1v, abs1);
+      max2v = _mm_max_ps(max2v, abs2);
+      nan = _mm_or_ps(nan, _mm_or_ps(_mm_cmpunord_ps(abs1, abs1), _mm_cmpunord_ps(abs2, abs2)));
+    }
+    alignas(16) float lanes1[4], lanes2[4];
+    _mm_store_ps(lanes1, max1v);
+    _mm_store_ps(lanes2, max2v);
+    for (int k = 0; k < 4; ++k) {
+      max1.add(lanes1[k]);
+      max2.add(lanes2[k]);
+    }
+    if (_mm_movemask_ps(nan) != 0)  // rare: tell which moment had the NaN
+      for (int64_t j = 0; j < i; ++j) {
+        max1.nan |= std::isnan(m[j]);
+        max2.nan |= std::isnan(v[j]);
+      }
+  }
+#endif
+  for (; i < size; ++i) {
+    finite[i] = moments(g[i], m[i], v[i], m[i], v[i]) ? -1 : 0;
+    max1.add(m[i]);
+    max2.add(v[i]);
   }
   // Past the end of the last block the kernel loads g = 0 and codes 128 / 0 (its out-of-range
   // defaults); those lanes, all alike, take part in the block's absmax like real elements.
   if (size < s.block_size) {
     float pad_m = 0.0f, pad_v = 0.0f;
-    moments(0.0f, 128, 0, pad_m, pad_v);
-    max1 = nan_max(max1, std::fabs(pad_m));
-    max2 = nan_max(max2, std::fabs(pad_v));
+    moments(0.0f, s.map1.value[128], s.map2.value[0], pad_m, pad_v);
+    max1.add(pad_m);
+    max2.add(pad_v);
   }
-  s.absmax1[b] = max1;
-  s.absmax2[b] = max2;
-  int64_t i = 0;
-  for (; i + kLanes <= size; i += kLanes) requantise<kLanes>(s, m + i, v + i, max1, max2, codes1 + i, codes2 + i);
-  for (; i < size; ++i) requantise<1>(s, m + i, v + i, max1, max2, codes1 + i, codes2 + i);
+  const float absmax1 = s.absmax1[b] = max1.value(), absmax2 = s.absmax2[b] = max2.value();
+  for (i = 0; i + kLanes <= size; i += kLanes)
+    requantise<kLanes>(s, m + i, v + i, absmax1, absmax2, codes1 + i, codes2 + i);
+  for (; i < size; ++i) requantise<1>(s, m + i, v + i, absmax1, absmax2, codes1 + i, codes2 + i);
 }
 
 // adam_update's expression before the decay.
@@ -211,18 +268,34 @@ inline float adam_step(float p, float m, float v, const StepConstants& c) {
   return p + (m / (std::sqrt(v) + c.eps_correction2)) * c.step_size;
 }
 
-// adam_update on float32 parameters, in place; a non-finite gradient leaves its element.
-void adam_update_in_place(float* p, const float* m, const float* v, const uint8_t* finite, int64_t n,
+// adam_update on float32 parameters, in place; a non-finite gradient (finite[i] = 0, else −1: a lane
+// mask) leaves its element.
+void adam_update_in_place(float* p, const float* m, const float* v, const int32_t* finite, int64_t n,
                           const StepConstants& c) {
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  // Four lanes at once, in the same IEEE operations: std::sqrt's errno check keeps GCC from
+  // vectorising the loop below, which then took as long as the rest of the step.
+  const __m128 eps = _mm_set1_ps(c.eps_correction2), step_size = _mm_set1_ps(c.step_size),
+               decay = _mm_set1_ps(c.decay);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 old = _mm_loadu_ps(p + i);
+    const __m128 ratio = _mm_div_ps(_mm_loadu_ps(m + i), _mm_add_ps(_mm_sqrt_ps(_mm_loadu_ps(v + i)), eps));
+    __m128 updated = _mm_add_ps(old, _mm_mul_ps(ratio, step_size));
+    if (c.decays) updated = _mm_mul_ps(updated, decay);
+    const __m128 keep = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(finite + i)));
+    _mm_storeu_ps(p + i, _mm_or_ps(_mm_and_ps(keep, updated), _mm_andnot_ps(keep, old)));
+  }
+#endif
+  for (; i < n; ++i) {
     const float updated = adam_step(p[i], m[i], v[i], c);
-    p[i] = finite[i] ? (c.decays ? updated * c.decay : updated) : p[i];
+    if (finite[i]) p[i] = c.decays ? updated * c.decay : updated;
   }
 }
 
 // adam_update on a contiguous run of parameters of another dtype: torch converts to and from it, so
 // that the roundings are exactly those of the tensor form.
-void adam_update_converted(torch::Tensor part, const float* m, const float* v, const uint8_t* finite,
+void adam_update_converted(torch::Tensor part, const float* m, const float* v, const int32_t* finite,
                            const StepConstants& c) {
   const int64_t n = part.numel();
   auto p_f32 = part.to(torch::kFloat32).contiguous();
@@ -337,6 +410,10 @@ void AdamW8bit::step_quantized(torch::Tensor& param, const torch::Tensor& grad, 
                      : grad.reshape(-1).to(torch::kFloat32).contiguous();
   for (auto* state : {&slot.state1, &slot.state2}) *state = state->contiguous();
   for (auto* absmax : {&slot.absmax1, &slot.absmax2}) *absmax = absmax->to(torch::kFloat32).contiguous();
+  // The kernel indexes raw memory: a mismatch must be an error, not a read past the end.
+  if (g.numel() != numel || slot.state1.numel() != numel || slot.state2.numel() != numel ||
+      slot.absmax1.numel() != blocks || slot.absmax2.numel() != blocks)
+    throw Error("AdamW8bit: gradient or state does not fit the parameter");
   auto flat = param.contiguous().view({-1});
   const bool in_place = flat.scalar_type() == torch::kFloat32;
   const CodeMap map1(map1_), map2(map2_);
@@ -355,7 +432,7 @@ void AdamW8bit::step_quantized(torch::Tensor& param, const torch::Tensor& grad, 
   const int64_t batch = std::max<int64_t>(1, 8192 / block_size);
   at::parallel_for(0, blocks, batch, [&](int64_t first, int64_t last) {
     std::vector<float> m(batch * block_size), v(batch * block_size);
-    std::vector<uint8_t> finite(batch * block_size);
+    std::vector<int32_t> finite(batch * block_size);
     for (int64_t b0 = first; b0 < last; b0 += batch) {
       const int64_t b1 = std::min(last, b0 + batch);
       for (int64_t b = b0; b < b1; ++b) {

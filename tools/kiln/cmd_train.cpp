@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "lab/run_report.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -58,6 +59,8 @@ void run_train(const TrainCommand& c) {
   std::cerr << (result.interrupted ? "interrupted at" : "finished at") << " epoch " << result.epochs_done
             << ", step " << result.global_step << "\n";
   for (const auto& path : result.checkpoints) std::cout << path.string() << "\n";
+  // The run's page, rewritten after every session (kiln report RUN_DIR redraws it any time).
+  std::cerr << "report: " << write_run_report(options.run_dir).string() << "\n";
   if (result.interrupted)
     throw Error("training interrupted; continue with: kiln train --resume " + options.run_dir.string());
 }

@@ -12,5 +12,7 @@ void add_grid_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_merge_command(CLI::App& app);
 void add_lora_command(CLI::App& app);
+void add_diagnose_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace kiln::cli

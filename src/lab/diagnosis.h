@@ -1,0 +1,72 @@
+// Burn diagnostics for a run: which part of a fine-tune is over-trained, from weight drift and from
+// image statistics of the same prompt × seed cells across checkpoints, with the swap test automated
+// (base text encoder + trained UNet, trained text encoder + base UNet) to attribute the change.
+#pragma once
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lab/image_stats.h"
+#include "lab/weight_drift.h"
+#include "pipeline/generation_settings.h"
+
+namespace kiln {
+
+// When a change from the base counts as a burn sign (relative changes; documented in
+// docs/diagnose.md). A checkpoint is called over-trained when any threshold is crossed.
+struct DiagnosisThresholds {
+  double saturation_increase = 0.25;      // mean saturation +25 %
+  double contrast_increase = 0.25;        // RMS contrast +25 %
+  double high_frequency_increase = 0.50;  // high-frequency energy +50 %
+  double diversity_drop = 0.30;           // seed diversity −30 %
+};
+
+struct DiagnosisRequest {
+  std::filesystem::path base;                      // the model the run started from
+  std::vector<std::filesystem::path> checkpoints;  // in training order
+  std::vector<std::string> labels;                 // one per checkpoint
+  std::optional<std::filesystem::path> config;     // for non-SD-1.5 architectures
+  std::vector<std::string> prompts{"a photo of a person", "black and white circles"};
+  std::vector<uint64_t> seeds{1, 2, 3};
+  GenerationSettings settings;  // sampler, steps, cfg, size for every cell
+  DiagnosisThresholds thresholds;
+  bool swap_test = true;  // on the last checkpoint
+};
+
+struct ModelImageStats {
+  ImageStats mean;       // over every prompt × seed cell
+  double diversity = 0;  // seed diversity, averaged over prompts
+};
+
+struct CheckpointDiagnosis {
+  std::string label;
+  std::filesystem::path path;
+  std::vector<DriftGroup> drift;  // groups then component totals
+  ModelImageStats images;
+  std::string verdict;
+};
+
+struct Diagnosis {
+  ModelImageStats base;
+  std::vector<CheckpointDiagnosis> checkpoints;
+  // Swap test on the last checkpoint: images of base TE + trained UNet, and trained TE + base UNet.
+  std::optional<ModelImageStats> trained_unet_base_te, trained_te_base_unet;
+  std::string attribution;  // which part the swap test blames, in words
+  nlohmann::json to_json() const;
+};
+
+using DiagnosisProgress = std::function<void(const std::string& what)>;
+
+Diagnosis diagnose(const DiagnosisRequest& request, const DiagnosisProgress& progress = {});
+
+// The request for a kiln run folder: its base model (run.toml) and its checkpoints (not -ema).
+DiagnosisRequest diagnosis_request_for_run(const std::filesystem::path& run_dir);
+
+// diagnose.json and SVG plots of the statistics and drift per checkpoint into `out_dir`.
+void write_diagnosis(const Diagnosis& diagnosis, const std::filesystem::path& out_dir);
+
+}  // namespace kiln
