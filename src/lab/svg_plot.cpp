@@ -165,7 +165,12 @@ std::string line_plot_svg(const std::vector<Series>& series, const PlotOptions& 
   }
 
   const double W = std::max(options.width, 200), H = std::max(options.height, 120);
-  const double left = 70, right = W - 160, top = 36, bottom = H - 48;
+  // The legend's column is as wide as its longest label (about 6.6 px a character at 12 px), so
+  // labels are never cut; the plot area gives way, down to half the width.
+  size_t longest = 0;
+  for (const auto& s : series) longest = std::max(longest, s.label.size());
+  const double legend = std::clamp(50.0 + 6.6 * static_cast<double>(longest), 160.0, W / 2);
+  const double left = 70, right = W - legend, top = 36, bottom = H - 48;
   std::string out;
   out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + num(W) + "\" height=\"" + num(H) +
          "\" viewBox=\"0 0 " + num(W) + " " + num(H) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
