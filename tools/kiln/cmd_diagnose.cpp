@@ -46,7 +46,8 @@ void run_diagnose(const DiagnoseCommand& c) {
                                     : !c.run_dir.empty() ? std::filesystem::path(c.run_dir) / "diagnose"
                                                          : std::filesystem::path("diagnose");
   write_diagnosis(diagnosis, out);
-  for (const auto& verdict : diagnosis.to_json()["verdicts"]) std::cout << verdict.get<std::string>() << "\n";
+  const auto json = diagnosis.to_json();  // kept alive: the loop iterates one of its members
+  for (const auto& verdict : json["verdicts"]) std::cout << verdict.get<std::string>() << "\n";
   std::cerr << "wrote " << (out / "diagnose.json").string() << "\n";
 }
 
