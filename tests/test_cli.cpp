@@ -334,6 +334,18 @@ TEST_F(CliTest, TrainThenResumeWithNewSettings) {
     EXPECT_TRUE(torch::equal(after.text_encoder.at(name), tensor)) << name;
   EXPECT_FALSE(torch::equal(after.unet.at("conv_in.weight"), before.unet.at("conv_in.weight")));
 
+  // The run's diagnosis and report, through the CLI: verdicts printed, files written.
+  r = run_kiln("diagnose " + run_dir.string() + " --seeds 1 2 --steps 2 -W 64 -H 64 --no-swap");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("e0002: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("e0003: "), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(run_dir / "diagnose" / "diagnose.json"));
+  r = run_kiln("report " + run_dir.string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto html = kiln::test::read_bytes(run_dir / "report.html");
+  EXPECT_NE(html.find("e0003"), std::string::npos);
+  EXPECT_NE(html.find("e0002: "), std::string::npos);  // the diagnosis (its verdicts) is on the page
+
   r = run_kiln("train " + run_file.string() + " --out " + (dir_ / "other").string() +
                " --set unet.learningrate=1");
   EXPECT_NE(r.exit_code, 0);
