@@ -54,30 +54,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string escape(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_file_error(path, "cannot be read");
@@ -231,7 +207,7 @@ std::string checkpoints_section(const fs::path& run_dir) {
   std::string out = "<table><tr><th>file</th><th>size</th></tr>\n";
   for (const auto& f : files) {
     out += fmt::format("<tr><td><code>{}</code></td><td class=\"num\">{}</td></tr>\n",
-                       escape(f.filename().string()), human_size(fs::file_size(f)));
+                       escape_xml(f.filename().string()), human_size(fs::file_size(f)));
   }
   return out + "</table>\n";
 }
@@ -246,15 +222,15 @@ std::string samples_section(const fs::path& run_dir) {
   }
   if (names.empty()) return "<p>No samples yet.</p>\n";
   std::string out = "<div class=\"scroll\"><table class=\"samples\"><tr><th>checkpoint</th>";
-  for (const auto& n : names) out += fmt::format("<th>{}</th>", escape(n));
+  for (const auto& n : names) out += fmt::format("<th>{}</th>", escape_xml(n));
   out += "</tr>\n";
   for (const auto& dir : checkpoints) {
-    out += fmt::format("<tr><th>{}</th>", escape(dir.filename().string()));
+    out += fmt::format("<tr><th>{}</th>", escape_xml(dir.filename().string()));
     for (const auto& n : names) {
       const fs::path f = dir / n;
       if (fs::is_regular_file(f)) {
         out += fmt::format("<td><img alt=\"{0}\" title=\"{0}\" src=\"{1}\"></td>",
-                           escape(dir.filename().string() + "/" + n), data_uri(f, "image/png"));
+                           escape_xml(dir.filename().string() + "/" + n), data_uri(f, "image/png"));
       } else {
         out += "<td class=\"missing\">–</td>";
       }
@@ -267,8 +243,8 @@ std::string samples_section(const fs::path& run_dir) {
 std::string json_cell(const nlohmann::json& v) {
   if (v.is_number()) return format_number(v.get<double>());
   if (v.is_null()) return "–";
-  if (v.is_string()) return escape(v.get<std::string>());
-  return escape(v.dump());
+  if (v.is_string()) return escape_xml(v.get<std::string>());
+  return escape_xml(v.dump());
 }
 
 // The drift table of diagnose.json: an array of objects (one row each) or an object of rows.
@@ -292,12 +268,12 @@ std::string groups_table(const nlohmann::json& groups) {
   }
   std::string out = "<h3>Weight drift by group</h3>\n<table><tr>";
   if (named_rows) out += "<th>group</th>";
-  for (const auto& c : columns) out += fmt::format("<th>{}</th>", escape(c));
+  for (const auto& c : columns) out += fmt::format("<th>{}</th>", escape_xml(c));
   if (columns.empty()) out += "<th>value</th>";
   out += "</tr>\n";
   for (const auto& [name, g] : rows) {
     out += "<tr>";
-    if (named_rows) out += fmt::format("<th>{}</th>", escape(name));
+    if (named_rows) out += fmt::format("<th>{}</th>", escape_xml(name));
     if (columns.empty() || !g->is_object()) {
       out += fmt::format("<td>{}</td>", json_cell(*g));
     } else {
@@ -348,7 +324,7 @@ std::string drift_by_checkpoint_table(const nlohmann::json& checkpoints) {
 
 std::string diagnosis_section(const fs::path& run_dir) {
   const fs::path path = run_dir / "diagnose" / "diagnose.json";
-  const std::string hint = fmt::format("<code>kiln diagnose {}</code>", escape(run_dir.string()));
+  const std::string hint = fmt::format("<code>kiln diagnose {}</code>", escape_xml(run_dir.string()));
   if (!fs::is_regular_file(path)) return fmt::format("<p>No diagnosis yet: {}</p>\n", hint);
   nlohmann::json doc;
   try {
@@ -356,7 +332,7 @@ std::string diagnosis_section(const fs::path& run_dir) {
   } catch (const nlohmann::json::exception& e) {
     // A broken optional file should not cost the rest of the report.
     return fmt::format("<p class=\"warn\">diagnose/diagnose.json could not be read ({}); rerun {}</p>\n",
-                       escape(e.what()), hint);
+                       escape_xml(e.what()), hint);
   }
   std::string out;
   if (doc.contains("verdicts") && doc["verdicts"].is_array()) {
@@ -376,7 +352,7 @@ std::string diagnosis_section(const fs::path& run_dir) {
 std::string summary_section(const fs::path& run_dir, const Metrics& m) {
   std::string out = "<table class=\"summary\">\n";
   out += fmt::format("<tr><th>run folder</th><td><code>{}</code></td></tr>\n",
-                     escape(fs::absolute(run_dir).string()));
+                     escape_xml(fs::absolute(run_dir).string()));
   if (m.max_step < 0) {
     out += "<tr><th>progress</th><td>no metrics.jsonl yet</td></tr>\n";
   } else {
@@ -431,8 +407,8 @@ std::string run_report_html(const fs::path& run_dir) {
 
   std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   html += fmt::format("<title>kiln run report: {}</title>\n<style>{}</style>\n</head>\n<body>\n",
-                      escape(name), kStyle);
-  html += fmt::format("<h1>kiln run report: {}</h1>\n", escape(name));
+                      escape_xml(name), kStyle);
+  html += fmt::format("<h1>kiln run report: {}</h1>\n", escape_xml(name));
 
   html += "<h2>Summary</h2>\n" + summary_section(run_dir, m);
   html += "<h3>Checkpoints</h3>\n" + checkpoints_section(run_dir);
@@ -486,7 +462,7 @@ std::string run_report_html(const fs::path& run_dir) {
   }
 
   html += "<h2>Diagnosis</h2>\n" + diagnosis_section(run_dir);
-  html += "<h2>Settings (run.toml)</h2>\n<pre>" + escape(read_file(toml)) + "</pre>\n";
+  html += "<h2>Settings (run.toml)</h2>\n<pre>" + escape_xml(read_file(toml)) + "</pre>\n";
   html += "</body>\n</html>\n";
   return html;
 }

@@ -2,6 +2,7 @@
 // no script, image file or plotting dependency. Torch-free.
 #pragma once
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kiln {
@@ -27,5 +28,8 @@ std::string line_plot_svg(const std::vector<Series>& series, const PlotOptions& 
 // at or below lo, the last at or above hi ([0, 1] -> 0, 0.2, …, 1; [3, 97] -> 0, 20, …, 100).
 // lo == hi widens the range around the value. Throws kiln::Error for non-finite bounds.
 std::vector<double> nice_ticks(double lo, double hi, int target = 5);
+
+// Text made safe inside XML/HTML elements and attributes (&, <, >, ", ').
+std::string escape_xml(std::string_view text);
 
 }  // namespace kiln
