@@ -40,21 +40,10 @@ using Bucket = std::pair<int, int>;
 
 namespace {
 
+using kiln::test::error_of;
+
 using kiln::test::read_bytes;
 using kiln::test::write_bytes;
-
-// The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
-template <typename F>
-std::optional<std::string> error_of(F&& f) {
-  try {
-    f();
-  } catch (const kiln::Error& e) {
-    return std::string(e.what());
-  } catch (...) {
-    return std::nullopt;
-  }
-  return std::nullopt;
-}
 
 class DataFiles : public kiln::test::TempDirTest {
  protected:

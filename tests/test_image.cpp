@@ -19,12 +19,15 @@
 #include "image/image.h"
 #include "image/png.h"
 #include "util/error.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using kiln::Image;
 using kiln::Rgb;
 
 namespace {
+
+using kiln::test::error_of;
 
 class ImageFiles : public ::testing::Test {
  protected:
@@ -46,18 +49,6 @@ class ImageFiles : public ::testing::Test {
     for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
     std::sort(names.begin(), names.end());
     return names;
-  }
-  // The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
-  template <typename F>
-  static std::optional<std::string> error_of(F&& f) {
-    try {
-      f();
-    } catch (const kiln::Error& e) {
-      return std::string(e.what());
-    } catch (...) {
-      return std::nullopt;
-    }
-    return std::nullopt;
   }
 
   fs::path dir_;

@@ -25,24 +25,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using kiln::test::error_of;
+
 using kiln::test::read_bytes;
 using kiln::test::write_bytes;
 
 class LoggingFiles : public kiln::test::TempDirTest {
  protected:
 
-  // The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
-  template <typename F>
-  static std::optional<std::string> error_of(F&& f) {
-    try {
-      f();
-    } catch (const kiln::Error& e) {
-      return std::string(e.what());
-    } catch (...) {
-      return std::nullopt;
-    }
-    return std::nullopt;
-  }
   // A file with a first record and ten scalars, for the corruption tests.
   fs::path small_event_file() {
     kiln::TensorBoardWriter writer(dir_ / "tb");

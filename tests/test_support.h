@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
+
+#include "util/error.h"
 
 namespace kiln::test {
 
@@ -20,6 +23,19 @@ std::filesystem::path fresh_temp_dir(const std::string& prefix);
 
 std::string read_bytes(const std::filesystem::path& path);
 void write_bytes(const std::filesystem::path& path, const std::string& bytes);
+
+// The message of the kiln::Error thrown by `f`, or nullopt when nothing (or something else) is thrown.
+template <typename F>
+std::optional<std::string> error_of(F&& f) {
+  try {
+    f();
+  } catch (const kiln::Error& e) {
+    return std::string(e.what());
+  } catch (...) {
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
 
 // A fixture with `dir_`: created before each test, removed after it.
 class TempDirTest : public ::testing::Test {
