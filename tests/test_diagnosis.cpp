@@ -9,6 +9,7 @@
 #include "data/synthetic.h"
 #include "golden_compare.h"
 #include "lab/diagnosis.h"
+#include "lab/run_report.h"
 #include "test_support.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
@@ -79,8 +80,135 @@ height = 64
   write_diagnosis(diagnosis, dir_ / "run" / "diagnose");
   const auto json = nlohmann::json::parse(test::read_bytes(dir_ / "run" / "diagnose" / "diagnose.json"));
   EXPECT_EQ(json["checkpoints"].size(), 2u);
-  EXPECT_EQ(json["verdicts"].size(), 3u);  // two checkpoints and the swap test's attribution
+  // Two checkpoints and the swap test's attribution, and the adherence attribution when the last
+  // checkpoint's prompt adherence fell by more than the threshold.
+  EXPECT_EQ(json["verdicts"].size(), diagnosis.adherence_attribution.empty() ? 3u : 4u);
   EXPECT_NE(test::read_bytes(dir_ / "run" / "diagnose" / "weight_drift.svg").find("<svg"), std::string::npos);
+
+  // "a red circle" is a world prompt: every model's two cells are read for colour and shape.
+  ASSERT_TRUE(diagnosis.base.adherence.has_value());
+  EXPECT_EQ(diagnosis.base.adherence->cells, 2);
+  ASSERT_TRUE(diagnosis.trained_te_base_unet->adherence.has_value());
+  EXPECT_EQ(diagnosis.trained_te_base_unet->adherence->both, diagnosis.base.adherence->both);
+  for (const auto& c : json["checkpoints"]) {
+    ASSERT_TRUE(c["images"].contains("prompt_adherence")) << c.dump();
+    EXPECT_EQ(c["images"]["prompt_adherence"]["cells"], 2);
+    const double both = c["images"]["prompt_adherence"]["both"];
+    EXPECT_LE(both, c["images"]["prompt_adherence"]["colour"].get<double>());
+    EXPECT_LE(both, c["images"]["prompt_adherence"]["shape"].get<double>());
+  }
+  EXPECT_TRUE(json["swap_test"]["trained_unet_base_text_encoder"].contains("prompt_adherence"));
+  EXPECT_EQ(json["thresholds"]["adherence_drop"], 0.25);
+  EXPECT_NE(test::read_bytes(dir_ / "run" / "diagnose" / "prompt_adherence.svg").find("<svg"),
+            std::string::npos);
+  EXPECT_NE(test::read_bytes(dir_ / "run" / "diagnose" / "weight_drift_blocks.svg").find("unet.mid"),
+            std::string::npos);
+}
+
+// A diagnosis put together by hand (no model): what write_diagnosis writes for it, and how the run
+// report shows it.
+TEST_F(DiagnosisTest, WritesAdherenceAndPerBlockPlotsThatTheReportInlines) {
+  Diagnosis d;
+  d.base.mean = {0.2, 0.1, 10, 0.05};
+  d.base.diversity = 0.3;
+  d.base.adherence = PromptAdherence{1.0, 0.75, 0.75, 4};
+  for (int i = 1; i <= 3; ++i) {
+    CheckpointDiagnosis c;
+    c.label = fmt::format("e{:04}", i);
+    c.images = d.base;
+    c.images.adherence = PromptAdherence{1.0, 0.75 - 0.25 * i, 0.75 - 0.25 * i, 4};
+    c.drift = {{"te.layer.0", 0.0, 10},
+               {"unet.down.0", 0.01 * i, 10},
+               {"unet.mid", 0.02 * i, 10},
+               {"unet.up.0", 0.03 * i, 10},
+               {"te", 0.0, 10},
+               {"unet", 0.02 * i, 30}};
+    c.verdict = c.label + ": within range";
+    d.checkpoints.push_back(std::move(c));
+  }
+  d.trained_unet_base_te = d.checkpoints.back().images;
+  d.trained_te_base_unet = d.base;
+  d.attribution = "the UNet carries the change";
+  d.adherence_attribution = "prompt adherence: the UNet causes the drop";
+  const auto json = d.to_json();
+  EXPECT_EQ(json["base"]["prompt_adherence"]["both"], 0.75);
+  EXPECT_EQ(json["base"]["prompt_adherence"]["cells"], 4);
+  EXPECT_EQ(json["checkpoints"][2]["images"]["prompt_adherence"]["shape"], 0.0);
+  EXPECT_EQ(json["swap_test"]["adherence_attribution"], d.adherence_attribution);
+  EXPECT_EQ(json["verdicts"].back(), d.adherence_attribution);
+
+  const auto run = dir_ / "run";
+  std::filesystem::create_directories(run);
+  test::write_bytes(run / "run.toml", "[model]\ncheckpoint = \"base.safetensors\"\n");
+  write_diagnosis(d, run / "diagnose");
+  for (const char* svg :
+       {"image_statistics.svg", "weight_drift.svg", "weight_drift_blocks.svg", "prompt_adherence.svg"})
+    EXPECT_TRUE(std::filesystem::is_regular_file(run / "diagnose" / svg)) << svg;
+  const std::string blocks = test::read_bytes(run / "diagnose" / "weight_drift_blocks.svg");
+  for (const char* name :
+       {">te.layer.0<", ">unet.down.0<", ">unet.mid<", ">unet.up.0<", ">e0001<", ">e0003<"})
+    EXPECT_NE(blocks.find(name), std::string::npos) << name;
+  EXPECT_EQ(blocks.find(">te<"), std::string::npos);  // component totals are weight_drift.svg's
+  EXPECT_NE(test::read_bytes(run / "diagnose" / "prompt_adherence.svg").find("colour and shape as asked"),
+            std::string::npos);
+
+  const std::string html = run_report_html(run);
+  for (const char* title :
+       {"Image statistics relative to the base model", "Prompt adherence (4 cells a model)",
+        "Weight drift from the base model", "Weight drift per block"})
+    EXPECT_NE(html.find(title), std::string::npos) << title;
+  EXPECT_NE(html.find("<tr><th>e0003</th><td class=\"num\">1</td><td class=\"num\">0</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<th>trained text encoder + base UNet</th>"), std::string::npos);
+  EXPECT_EQ(html.find("http://"), std::string::npos);
+
+  // Without world prompts the adherence plot goes, also one left from an earlier diagnosis.
+  Diagnosis plain = d;
+  plain.base.adherence.reset();
+  for (auto& c : plain.checkpoints) c.images.adherence.reset();
+  plain.trained_unet_base_te->adherence.reset();
+  plain.trained_te_base_unet->adherence.reset();
+  EXPECT_FALSE(plain.to_json()["base"].contains("prompt_adherence"));
+  write_diagnosis(plain, run / "diagnose");
+  EXPECT_FALSE(std::filesystem::exists(run / "diagnose" / "prompt_adherence.svg"));
+  EXPECT_EQ(run_report_html(run).find("Prompt adherence"), std::string::npos);
+}
+
+// Which part a verdict blames: image burn signs go to the UNet, an adherence drop to the text
+// encoder, each unless that part did not train; untrained parts read "unchanged".
+TEST(CheckpointVerdict, BlamesThePartThatTrained) {
+  ModelImageStats base;
+  base.mean = {0.2, 0.2, 30, 0.1};
+  base.diversity = 0.3;
+  base.adherence = PromptAdherence{1.0, 1.0, 0.9, 10};
+  CheckpointDiagnosis burnt;
+  burnt.label = "epoch 40";
+  burnt.images = base;
+  burnt.images.mean.saturation = 0.3;  // +50 %
+  burnt.images.diversity = 0.15;       // -50 %
+  burnt.drift = {{"te", 0.0, 10}, {"unet", 0.05, 10}};
+  EXPECT_EQ(checkpoint_verdict(burnt, base, {}),
+            "epoch 40: UNet over-trained: saturation +50%, seed diversity -50%; text encoder unchanged "
+            "(drift: text encoder 0.0000, UNet 0.0500)");
+
+  CheckpointDiagnosis drifted;
+  drifted.label = "epoch 8";
+  drifted.images = base;
+  drifted.images.adherence->both = 0.5;  // -0.4, over the 0.25 threshold
+  drifted.drift = {{"te", 0.02, 10}, {"unet", 0.0, 10}};
+  EXPECT_EQ(checkpoint_verdict(drifted, base, {}),
+            "epoch 8: UNet unchanged; text encoder over-trained: prompt adherence 90% -> 50% "
+            "(drift: text encoder 0.0200, UNet 0.0000)");
+  // With the text encoder frozen the same image signs and drop are the UNet's.
+  drifted.drift = {{"te", 0.0, 10}, {"unet", 0.01, 10}};
+  EXPECT_NE(checkpoint_verdict(drifted, base, {}).find("UNet over-trained: prompt adherence 90% -> 50%"),
+            std::string::npos);
+  // Both parts trained, nothing crossed: both within range. A looser threshold clears the drop.
+  drifted.drift = {{"te", 0.01, 10}, {"unet", 0.01, 10}};
+  DiagnosisThresholds loose;
+  loose.adherence_drop = 0.5;
+  EXPECT_EQ(checkpoint_verdict(drifted, base, loose),
+            "epoch 8: UNet within range; text encoder within range (drift: text encoder 0.0100, UNet 0.0100)");
 }
 
 }  // namespace

@@ -135,6 +135,60 @@ TEST_F(RunReport, EmbedsGridGifAndDiagnosisWhenPresent) {
   EXPECT_NE(html2.find("<td>te.layer.3</td><td class=\"num\">0.5</td>"), std::string::npos);
 }
 
+// Every SVG `kiln diagnose` wrote is inlined in the Diagnosis section (known plots in reading
+// order, others by name, without namespace or XML declaration), with the prompt-adherence table.
+TEST_F(RunReport, InlinesEveryDiagnosisPlotAndTheAdherenceTable) {
+  const fs::path run = dir_ / "run";
+  make_run_folder(run);
+  fs::create_directories(run / "diagnose");
+  test::write_bytes(run / "diagnose" / "diagnose.json",
+                    R"({"verdicts": ["prompt adherence: the text encoder causes the drop"],
+                        "base": {"saturation": 0.2, "prompt_adherence": {"colour": 1, "shape": 0.5, "both": 0.5, "cells": 6}},
+                        "checkpoints": [{"label": "e0004", "images": {"prompt_adherence": {"colour": 0.25, "shape": 0.5, "both": 0.125, "cells": 6}},
+                                         "drift": [{"group": "unet.mid", "relative_drift": 0.0123}]}],
+                        "swap_test": {"trained_text_encoder_base_unet": {"prompt_adherence": {"colour": 0, "shape": 0.5, "both": 0, "cells": 6}},
+                                      "trained_unet_base_text_encoder": {"saturation": 0.3}}})");
+  const auto svg = [](const std::string& title) {
+    return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"><text>" + title +
+           "</text></svg>\n";
+  };
+  test::write_bytes(run / "diagnose" / "weight_drift_blocks.svg", svg("plot-blocks"));
+  test::write_bytes(run / "diagnose" / "weight_drift.svg", svg("plot-drift"));
+  test::write_bytes(run / "diagnose" / "prompt_adherence.svg",
+                    "<?xml version=\"1.0\"?>\n" + svg("plot-adherence"));
+  test::write_bytes(run / "diagnose" / "image_statistics.svg", svg("plot-statistics"));
+  test::write_bytes(run / "diagnose" / "a_later_plot.svg", svg("plot-other"));
+  test::write_bytes(run / "diagnose" / "notes.txt", svg("not-a-plot"));
+  const std::string html = test::read_bytes(write_run_report(run));
+
+  EXPECT_EQ(count(html, "<svg"), 6u + 5u);  // the metrics plots and the five diagnosis plots
+  size_t last = html.find("<h2>Diagnosis</h2>");
+  ASSERT_NE(last, std::string::npos);
+  for (const char* title : {"plot-statistics", "plot-adherence", "plot-drift", "plot-blocks", "plot-other"}) {
+    const size_t at = html.find(std::string("<figure><svg width=\"10\" height=\"10\"><text>") + title);
+    ASSERT_NE(at, std::string::npos) << title;
+    EXPECT_GT(at, last) << title << " out of order";
+    last = at;
+  }
+  EXPECT_LT(last, html.find("<h2>Settings"));
+  EXPECT_EQ(html.find("not-a-plot"), std::string::npos);
+  EXPECT_EQ(html.find("<?xml"), std::string::npos);
+  EXPECT_EQ(html.find("http://"), std::string::npos);
+
+  EXPECT_NE(html.find("<h3>Prompt adherence"), std::string::npos);
+  EXPECT_NE(html.find("<tr><th>base</th><td class=\"num\">1</td><td class=\"num\">0.5</td><td "
+                      "class=\"num\">0.5</td><td class=\"num\">6</td></tr>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<tr><th>e0004</th><td class=\"num\">0.25</td><td class=\"num\">0.5</td><td "
+                      "class=\"num\">0.125</td>"),
+            std::string::npos);
+  EXPECT_NE(html.find("<tr><th>trained text encoder + base UNet</th><td class=\"num\">0</td>"),
+            std::string::npos);
+  // A model without adherence (here the other swap) has no row.
+  EXPECT_EQ(html.find("<th>base text encoder + trained UNet</th>"), std::string::npos);
+  EXPECT_NE(html.find("<th>unet.mid</th><td class=\"num\">0.0123</td>"), std::string::npos);
+}
+
 TEST_F(RunReport, WorksWithoutMetricsOrSamples) {
   test::write_bytes(dir_ / "run.toml", kRunToml);
   const std::string html = test::read_bytes(write_run_report(dir_));

@@ -69,4 +69,12 @@ void Image::fill_rect(int x, int y, int w, int h, Rgb color) {
   }
 }
 
+Image scale_nearest(const Image& image, int factor) {
+  if (factor < 1) throw Error("scale_nearest: factor " + std::to_string(factor) + " below 1");
+  Image out(image.width * factor, image.height * factor);
+  for (int y = 0; y < out.height; ++y)
+    for (int x = 0; x < out.width; ++x) out.set(x, y, image.at(x / factor, y / factor));
+  return out;
+}
+
 }  // namespace kiln

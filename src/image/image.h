@@ -27,4 +27,8 @@ struct Image {
   void fill_rect(int x, int y, int w, int h, Rgb color);
 };
 
+// Each pixel repeated factor x factor times (factor >= 1): tiny models' pictures made visible in
+// grids without blurring what is being judged.
+Image scale_nearest(const Image& image, int factor);
+
 }  // namespace kiln

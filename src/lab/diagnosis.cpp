@@ -27,7 +27,9 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
   Txt2Img txt2img(models, tokenizer);
   ModelImageStats out;
   int cells = 0;
+  std::vector<std::pair<WorldPrompt, Image>> world_cells;  // for prompt adherence
   for (const auto& prompt : r.prompts) {
+    const auto world = parse_world_prompt(prompt);
     std::vector<Image> images;
     for (const auto seed : r.seeds) {
       auto s = r.settings;
@@ -35,6 +37,7 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
       s.seed = seed;
       s.batch = 1;
       images.push_back(txt2img.generate(s).at(0));
+      if (world) world_cells.emplace_back(*world, images.back());
       const auto stats = image_stats(images.back());
       out.mean.saturation += stats.saturation;
       out.mean.contrast += stats.contrast;
@@ -49,12 +52,18 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
   out.mean.contrast /= n;
   out.mean.colourfulness /= n;
   out.mean.high_frequency /= n;
+  if (!world_cells.empty()) out.adherence = prompt_adherence(world_cells);
   return out;
 }
 
 double change(double now, double base) { return base != 0 ? (now - base) / std::abs(base) : 0.0; }
 
-// The burn signs of `s` against the base, as "saturation +38%" phrases.
+// Whether the fraction of cells with the asked colour and shape fell by more than the threshold.
+bool adherence_dropped(const ModelImageStats& s, const ModelImageStats& base, const DiagnosisThresholds& t) {
+  return s.adherence && base.adherence && base.adherence->both - s.adherence->both > t.adherence_drop;
+}
+
+// The image burn signs of `s` against the base, as "saturation +38%" phrases.
 std::vector<std::string> burn_signs(const ModelImageStats& s, const ModelImageStats& base,
                                     const DiagnosisThresholds& t) {
   std::vector<std::string> signs;
@@ -80,6 +89,7 @@ double burn_score(const ModelImageStats& s, const ModelImageStats& base) {
          std::max(0.0, -change(s.diversity, base.diversity));
 }
 
+
 double component_drift(const std::vector<DriftGroup>& drift, const std::string& name) {
   for (const auto& g : drift)
     if (g.name == name) return g.relative_drift;
@@ -87,14 +97,72 @@ double component_drift(const std::vector<DriftGroup>& drift, const std::string& 
 }
 
 nlohmann::json stats_json(const ModelImageStats& s) {
-  return {{"saturation", s.mean.saturation},
-          {"contrast", s.mean.contrast},
-          {"colourfulness", s.mean.colourfulness},
-          {"high_frequency", s.mean.high_frequency},
-          {"seed_diversity", s.diversity}};
+  nlohmann::json out = {{"saturation", s.mean.saturation},
+                        {"contrast", s.mean.contrast},
+                        {"colourfulness", s.mean.colourfulness},
+                        {"high_frequency", s.mean.high_frequency},
+                        {"seed_diversity", s.diversity}};
+  if (s.adherence)
+    out["prompt_adherence"] = {{"colour", s.adherence->colour},
+                               {"shape", s.adherence->shape},
+                               {"both", s.adherence->both},
+                               {"cells", s.adherence->cells}};
+  return out;
+}
+
+// Drift per block (text-encoder layers, UNet blocks, VAE): blocks along x, one line per checkpoint
+// (at most 8, evenly spaced, always the last), so a single checkpoint is a profile too.
+std::string drift_blocks_svg(const Diagnosis& d) {
+  std::vector<std::string> blocks;
+  for (const auto& c : d.checkpoints)
+    for (const auto& g : c.drift)
+      if (g.name != "te" && g.name != "unet" &&
+          std::find(blocks.begin(), blocks.end(), g.name) == blocks.end())
+        blocks.push_back(g.name);
+  constexpr size_t kMaxLines = 8;
+  const size_t n = d.checkpoints.size(), lines = std::min(n, kMaxLines);
+  std::vector<Series> series;
+  for (size_t k = 0; k < lines; ++k) {
+    const size_t i = lines == 1 ? n - 1 : k * (n - 1) / (lines - 1);
+    Series s;
+    s.label = d.checkpoints[i].label;
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      s.x.push_back(static_cast<double>(b));
+      s.y.push_back(std::nan(""));
+      for (const auto& g : d.checkpoints[i].drift)
+        if (g.name == blocks[b]) s.y.back() = g.relative_drift;
+    }
+    series.push_back(std::move(s));
+  }
+  PlotOptions options{"Weight drift per block", "block", "relative drift ‖W − W₀‖ / ‖W₀‖"};
+  options.height = 440;
+  options.x_tick_labels = blocks;
+  return line_plot_svg(series, options);
 }
 
 }  // namespace
+
+std::string checkpoint_verdict(const CheckpointDiagnosis& c, const ModelImageStats& base,
+                               const DiagnosisThresholds& t) {
+  const double te_drift = component_drift(c.drift, "te"), unet_drift = component_drift(c.drift, "unet");
+  const bool te_trained = te_drift > 0, unet_trained = unet_drift > 0;
+  std::vector<std::string> unet_signs, te_signs;
+  // Colour, contrast, texture and variety are the UNet's burn; the text encoder alone shifts them
+  // only mildly, so they are its signs only when the UNet did not train.
+  for (auto& sign : burn_signs(c.images, base, t)) (unet_trained || !te_trained ? unet_signs : te_signs).push_back(sign);
+  // Drifting from the prompt is the text encoder's, unless it did not train.
+  if (adherence_dropped(c.images, base, t))
+    (te_trained || !unet_trained ? te_signs : unet_signs)
+        .push_back(fmt::format("prompt adherence {:.0f}% -> {:.0f}%", 100 * base.adherence->both,
+                               100 * c.images.adherence->both));
+  const auto part = [](const char* name, bool trained, const std::vector<std::string>& signs) {
+    if (!signs.empty()) return fmt::format("{} over-trained: {}", name, fmt::join(signs, ", "));
+    return fmt::format("{} {}", name, trained ? "within range" : "unchanged");
+  };
+  return fmt::format("{}: {}; {} (drift: text encoder {:.4f}, UNet {:.4f})", c.label,
+                     part("UNet", unet_trained, unet_signs), part("text encoder", te_trained, te_signs), te_drift,
+                     unet_drift);
+}
 
 Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress) {
   auto say = [&](const std::string& what) {
@@ -106,6 +174,7 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
   const Checkpoint base = read_checkpoint(r.base, r.config);
   auto base_model = load_model(r.base, r.config, false);
   Diagnosis d;
+  d.thresholds = r.thresholds;
   say("base: " + r.base.string());
   d.base = image_statistics(base_model.models, base_model.tokenizer, r);
   for (size_t i = 0; i < r.checkpoints.size(); ++i) {
@@ -118,12 +187,7 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
     c.drift = weight_drift(trained, base);
     auto model = load_model(path, r.config, false);
     c.images = image_statistics(model.models, model.tokenizer, r);
-    const auto signs = burn_signs(c.images, d.base, r.thresholds);
-    const auto drift = fmt::format("drift: text encoder {:.4f}, UNet {:.4f}", component_drift(c.drift, "te"),
-                                   component_drift(c.drift, "unet"));
-    c.verdict = signs.empty()
-                    ? fmt::format("{}: within range ({})", c.label, drift)
-                    : fmt::format("{}: over-trained — {} ({})", c.label, fmt::join(signs, ", "), drift);
+    c.verdict = checkpoint_verdict(c, d.base, r.thresholds);
     d.checkpoints.push_back(std::move(c));
   }
   if (r.swap_test) {
@@ -138,8 +202,8 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
     const double total = burn_score(d.checkpoints.back().images, d.base);
     const double by_unet = burn_score(*d.trained_unet_base_te, d.base);
     const double by_te = burn_score(*d.trained_te_base_unet, d.base);
-    if (total < 1e-9)
-      d.attribution = "no burn sign to attribute at the last checkpoint";
+    if (total < 1e-9 || burn_signs(d.checkpoints.back().images, d.base, r.thresholds).empty())
+      d.attribution = "swap test: no burn sign to attribute at the last checkpoint";
     else
       d.attribution = fmt::format(
           "{} (swap test at {}: the trained UNet alone reproduces {:.0f}% of the burn score, the trained "
@@ -147,6 +211,19 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
           "encoder alone {:.0f}%)",
           by_unet >= by_te ? "the UNet carries the change" : "the text encoder carries the change",
           d.checkpoints.back().label, 100 * by_unet / total, 100 * by_te / total);
+    // The part whose half-swapped model keeps less of the base's adherence causes the drop.
+    if (adherence_dropped(d.checkpoints.back().images, d.base, r.thresholds) &&
+        d.trained_te_base_unet->adherence && d.trained_unet_base_te->adherence) {
+      const double te_only_both = d.trained_te_base_unet->adherence->both;
+      const double unet_only_both = d.trained_unet_base_te->adherence->both;
+      d.adherence_attribution = fmt::format(
+          "prompt adherence: {} (swap test at {}: colour and shape right in {:.0f}% of cells for the base, "
+          "{:.0f}% trained, {:.0f}% with the trained text encoder + base UNet, {:.0f}% with the base text "
+          "encoder + trained UNet)",
+          te_only_both <= unet_only_both ? "the text encoder causes the drop" : "the UNet causes the drop",
+          d.checkpoints.back().label, 100 * d.base.adherence->both,
+          100 * d.checkpoints.back().images.adherence->both, 100 * te_only_both, 100 * unet_only_both);
+    }
   }
   return d;
 }
@@ -154,6 +231,11 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
 nlohmann::json Diagnosis::to_json() const {
   nlohmann::json out;
   out["base"] = stats_json(base);
+  out["thresholds"] = {{"saturation_increase", thresholds.saturation_increase},
+                       {"contrast_increase", thresholds.contrast_increase},
+                       {"high_frequency_increase", thresholds.high_frequency_increase},
+                       {"diversity_drop", thresholds.diversity_drop},
+                       {"adherence_drop", thresholds.adherence_drop}};
   out["checkpoints"] = nlohmann::json::array();
   out["verdicts"] = nlohmann::json::array();
   for (const auto& c : checkpoints) {
@@ -173,6 +255,10 @@ nlohmann::json Diagnosis::to_json() const {
                         {"trained_text_encoder_base_unet", stats_json(*trained_te_base_unet)},
                         {"attribution", attribution}};
     out["verdicts"].push_back(attribution);
+    if (!adherence_attribution.empty()) {
+      out["swap_test"]["adherence_attribution"] = adherence_attribution;
+      out["verdicts"].push_back(adherence_attribution);
+    }
   }
   return out;
 }
@@ -236,6 +322,31 @@ void write_diagnosis(const Diagnosis& d, const fs::path& out_dir) {
   write_text_atomically(out_dir / "weight_drift.svg",
                         line_plot_svg(drift, {"Weight drift from the base model", "checkpoint",
                                               "relative drift ‖W − W₀‖ / ‖W₀‖"}));
+  write_text_atomically(out_dir / "weight_drift_blocks.svg", drift_blocks_svg(d));
+
+  // Prompt adherence: the fraction of world-prompt cells drawn with the asked colour, shape, both.
+  const fs::path adherence_svg = out_dir / "prompt_adherence.svg";
+  if (!d.base.adherence) {
+    fs::remove(adherence_svg);  // a plot from an earlier diagnosis would no longer be true
+    return;
+  }
+  std::vector<Series> adherence(3);
+  adherence[0].label = "colour and shape as asked";
+  adherence[1].label = "colour as asked";
+  adherence[2].label = "shape as asked";
+  for (size_t i = 0; i <= d.checkpoints.size(); ++i) {
+    const auto& a = i == 0 ? d.base.adherence : d.checkpoints[i - 1].images.adherence;
+    const double values[] = {a ? a->both : std::nan(""), a ? a->colour : std::nan(""),
+                             a ? a->shape : std::nan("")};
+    for (size_t k = 0; k < 3; ++k) {
+      adherence[k].x.push_back(static_cast<double>(i));
+      adherence[k].y.push_back(values[k]);
+    }
+  }
+  write_text_atomically(
+      adherence_svg,
+      line_plot_svg(adherence, {fmt::format("Prompt adherence ({} cells a model)", d.base.adherence->cells),
+                                "checkpoint (0 = base)", "fraction of cells"}));
 }
 
 }  // namespace kiln

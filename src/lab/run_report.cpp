@@ -151,6 +151,16 @@ struct PlotSpec {
   bool only_when_present = false;
 };
 
+// Inline SVG in HTML needs no namespace (nor an XML declaration); dropping it leaves the page free of
+// any URL, which is what the offline check (no "http") looks for.
+std::string inline_svg(std::string svg) {
+  static constexpr std::string_view kXmlns = " xmlns=\"http://www.w3.org/2000/svg\"";
+  if (const size_t pos = svg.find(kXmlns); pos != std::string::npos) svg.erase(pos, kXmlns.size());
+  if (const size_t end = svg.find("?>"); svg.starts_with("<?xml") && end != std::string::npos)
+    svg.erase(0, svg.find_first_not_of(" \t\r\n", end + 2));
+  return "<figure>" + svg + "</figure>\n";
+}
+
 std::string plot(const Metrics& m, const PlotSpec& spec) {
   std::vector<Series> series;
   for (const auto& [tag, label, axis] : spec.tags) {
@@ -163,12 +173,7 @@ std::string plot(const Metrics& m, const PlotSpec& spec) {
   options.y_label = spec.y_label;
   options.width = 760;
   options.height = 340;
-  std::string svg = line_plot_svg(series, options);
-  // Inline SVG in HTML needs no namespace; dropping it leaves the page free of any URL, which is
-  // what the offline check (no "http") looks for.
-  static constexpr std::string_view kXmlns = " xmlns=\"http://www.w3.org/2000/svg\"";
-  if (const size_t pos = svg.find(kXmlns); pos != std::string::npos) svg.erase(pos, kXmlns.size());
-  return "<figure>" + svg + "</figure>\n";
+  return inline_svg(line_plot_svg(series, options));
 }
 
 // The epoch number in a checkpoint name such as "e0005" or "e0005-ema", for ordering.
@@ -322,6 +327,70 @@ std::string drift_by_checkpoint_table(const nlohmann::json& checkpoints) {
   return out + "</table></div>\n";
 }
 
+// Prompt adherence per model (diagnose.json's "images.prompt_adherence" of the base, each checkpoint
+// and the swap test's two mixes), when it was measured.
+std::string adherence_table(const nlohmann::json& doc) {
+  std::vector<std::pair<std::string, const nlohmann::json*>> rows;
+  const auto add = [&rows](const std::string& name, const nlohmann::json& stats) {
+    if (stats.is_object() && stats.contains("prompt_adherence") && stats["prompt_adherence"].is_object())
+      rows.emplace_back(name, &stats["prompt_adherence"]);
+  };
+  if (doc.contains("base")) add("base", doc["base"]);
+  if (doc.contains("checkpoints") && doc["checkpoints"].is_array()) {
+    for (const auto& c : doc["checkpoints"]) {
+      if (c.is_object() && c.contains("images"))
+        add(c.contains("label") ? json_cell(c["label"]) : "checkpoint", c["images"]);
+    }
+  }
+  if (doc.contains("swap_test") && doc["swap_test"].is_object()) {
+    const auto& swap = doc["swap_test"];
+    if (swap.contains("trained_text_encoder_base_unet"))
+      add("trained text encoder + base UNet", swap["trained_text_encoder_base_unet"]);
+    if (swap.contains("trained_unet_base_text_encoder"))
+      add("base text encoder + trained UNet", swap["trained_unet_base_text_encoder"]);
+  }
+  if (rows.empty()) return {};
+  std::string out =
+      "<h3>Prompt adherence (synthetic world: the asked colour and shape)</h3>\n<table><tr><th>model</th>"
+      "<th>colour</th><th>shape</th><th>both</th><th>cells</th></tr>\n";
+  for (const auto& [name, a] : rows) {
+    out += fmt::format("<tr><th>{}</th>", name);
+    for (const char* key : {"colour", "shape", "both", "cells"})
+      out += fmt::format("<td class=\"num\">{}</td>", a->contains(key) ? json_cell((*a)[key]) : "");
+    out += "</tr>\n";
+  }
+  return out + "</table>\n";
+}
+
+// Every SVG plot `kiln diagnose` wrote, inline: the known ones in reading order, then any others
+// by name.
+std::string diagnosis_plots(const fs::path& dir) {
+  static constexpr const char* kOrder[] = {"image_statistics.svg", "prompt_adherence.svg", "weight_drift.svg",
+                                           "weight_drift_blocks.svg"};
+  std::vector<fs::path> svgs;
+  for (const char* name : kOrder)
+    if (fs::is_regular_file(dir / name)) svgs.push_back(dir / name);
+  std::vector<fs::path> others;
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) {
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const auto name = entry.path().filename().string();
+      if (entry.is_regular_file() && entry.path().extension() == ".svg" &&
+          std::none_of(std::begin(kOrder), std::end(kOrder), [&](const char* k) { return name == k; }))
+        others.push_back(entry.path());
+    }
+  }
+  std::sort(others.begin(), others.end());
+  svgs.insert(svgs.end(), others.begin(), others.end());
+  std::string out;
+  for (const auto& svg : svgs) {
+    const std::string text = read_file(svg);
+    if (text.find("<svg") == std::string::npos) continue;  // not a plot; leave it out
+    out += inline_svg(text);
+  }
+  return out;
+}
+
 std::string diagnosis_section(const fs::path& run_dir) {
   const fs::path path = run_dir / "diagnose" / "diagnose.json";
   const std::string hint = fmt::format("<code>kiln diagnose {}</code>", escape_xml(run_dir.string()));
@@ -345,6 +414,8 @@ std::string diagnosis_section(const fs::path& run_dir) {
   } else if (doc.contains("checkpoints") && doc["checkpoints"].is_array()) {
     out += drift_by_checkpoint_table(doc["checkpoints"]);
   }
+  out += adherence_table(doc);
+  out += diagnosis_plots(run_dir / "diagnose");
   if (out.empty()) out = "<p>The diagnosis holds no verdicts or drift table.</p>\n";
   return out;
 }

@@ -9,7 +9,8 @@
 namespace kiln {
 
 // Reads what a run folder holds (run.toml, metrics.jsonl, checkpoints/, samples/<checkpoint>/,
-// grid/grid.png and grid/progress.gif, diagnose/diagnose.json; all but run.toml optional) and writes
+// grid/grid.png and grid/progress.gif, diagnose/diagnose.json and the diagnosis's SVG plots
+// diagnose/*.svg, inlined; all but run.toml optional) and writes
 // RUN_DIR/report.html atomically; returns its path. Throws kiln::Error naming the folder when it
 // is not a run folder (no run.toml).
 std::filesystem::path write_run_report(const std::filesystem::path& run_dir);

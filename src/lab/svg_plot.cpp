@@ -170,7 +170,12 @@ std::string line_plot_svg(const std::vector<Series>& series, const PlotOptions& 
   size_t longest = 0;
   for (const auto& s : series) longest = std::max(longest, s.label.size());
   const double legend = std::clamp(50.0 + 6.6 * static_cast<double>(longest), 160.0, W / 2);
-  const double left = 70, right = W - legend, top = 36, bottom = H - 48;
+  // Slanted category labels (about 6.6 px a character at 40°) need room below the axis.
+  size_t longest_tick = 0;
+  for (const auto& l : options.x_tick_labels) longest_tick = std::max(longest_tick, l.size());
+  const double tick_room =
+      options.x_tick_labels.empty() ? 0.0 : std::min(H / 3, 6.6 * static_cast<double>(longest_tick) * 0.65);
+  const double left = 70, right = W - legend, top = 36, bottom = H - 48 - tick_room;
   std::string out;
   out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + num(W) + "\" height=\"" + num(H) +
          "\" viewBox=\"0 0 " + num(W) + " " + num(H) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
@@ -187,7 +192,17 @@ std::string line_plot_svg(const std::vector<Series>& series, const PlotOptions& 
     return out;
   }
 
-  const Axis xa = linear_axis(x_lo, x_hi);
+  Axis xa;
+  if (options.x_tick_labels.empty()) {
+    xa = linear_axis(x_lo, x_hi);
+  } else {
+    for (size_t i = 0; i < options.x_tick_labels.size(); ++i) {
+      xa.ticks.push_back(static_cast<double>(i));
+      xa.labels.push_back(options.x_tick_labels[i]);
+    }
+    xa.lo = std::min(x_lo, 0.0) - 0.5;
+    xa.hi = std::max(x_hi, static_cast<double>(options.x_tick_labels.size() - 1)) + 0.5;
+  }
   const Axis ya = options.log_y ? log_axis(y_lo, y_hi) : linear_axis(y_lo, y_hi);
   auto px = [&](double x) { return left + (x - xa.lo) / (xa.hi - xa.lo) * (right - left); };
   auto py = [&](double y) {
@@ -206,10 +221,19 @@ std::string line_plot_svg(const std::vector<Series>& series, const PlotOptions& 
   }
   out += "</g>\n";
 
-  out += "<g class=\"x-ticks\" text-anchor=\"middle\">\n";
-  for (size_t i = 0; i < xa.ticks.size(); ++i)
-    out += "<text x=\"" + num(px(xa.ticks[i])) + "\" y=\"" + num(bottom + 16) + "\">" +
-           escape_xml(xa.labels[i]) + "</text>\n";
+  if (options.x_tick_labels.empty()) {
+    out += "<g class=\"x-ticks\" text-anchor=\"middle\">\n";
+    for (size_t i = 0; i < xa.ticks.size(); ++i)
+      out += "<text x=\"" + num(px(xa.ticks[i])) + "\" y=\"" + num(bottom + 16) + "\">" +
+             escape_xml(xa.labels[i]) + "</text>\n";
+  } else {
+    out += "<g class=\"x-ticks\" text-anchor=\"end\">\n";
+    for (size_t i = 0; i < xa.ticks.size(); ++i) {
+      const std::string x = num(px(xa.ticks[i]) + 4), y = num(bottom + 12);
+      out += "<text x=\"" + x + "\" y=\"" + y + "\" transform=\"rotate(-40 " + x + " " + y + ")\">" +
+             escape_xml(xa.labels[i]) + "</text>\n";
+    }
+  }
   out += "</g>\n<g class=\"y-ticks\" text-anchor=\"end\">\n";
   for (size_t i = 0; i < ya.ticks.size(); ++i) {
     const double y = bottom - (ya.ticks[i] - ya.lo) / (ya.hi - ya.lo) * (bottom - top);

@@ -16,6 +16,9 @@ struct PlotOptions {
   std::string title, x_label, y_label;
   int width = 720, height = 360;
   bool log_y = false;  // every finite y must then be > 0
+  // When set, the x axis is categorical: ticks at x = 0, 1, … labelled with these (slanted), in
+  // place of numeric ticks; the plot area gives way to the longest label.
+  std::vector<std::string> x_tick_labels{};
 };
 
 // An <svg> element (no XML declaration, so it can be inlined in HTML): title, axes with "nice"

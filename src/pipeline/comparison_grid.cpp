@@ -85,6 +85,7 @@ Axes resolve_axes(const GridRequest& r) {
   for (const auto& s : a.samplers) a.labels[GridAxis::Sampler].push_back(a1111_sampler_name(s));
 
   if (r.rows == r.columns) throw Error("rows and columns must be different axes");
+  if (r.zoom < 1 || r.zoom > 16) throw Error(fmt::format("zoom {} is not in 1..16", r.zoom));
   for (const auto& [axis, labels] : a.labels)
     if (axis != r.rows && axis != r.columns && labels.size() > 1)
       throw Error(fmt::format("{} {} values but {} is neither --rows nor --cols ({}, {})", labels.size(),
@@ -207,7 +208,8 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
 
   std::vector<std::vector<Image>> pictures(rows);
   for (size_t row = 0; row < rows; ++row)
-    for (const auto& cell : cells[row]) pictures[row].push_back(read_png(cell.file));
+    for (const auto& cell : cells[row])
+      pictures[row].push_back(r.zoom > 1 ? scale_nearest(read_png(cell.file), r.zoom) : read_png(cell.file));
   const Font font = Font::load_default();
   GridLayout layout;
   layout.title = r.title;

@@ -31,6 +31,7 @@ struct GridRequest {
   GridAxis columns = GridAxis::Prompt;
   std::string title;
   std::filesystem::path out_dir;
+  int zoom = 1;       // cells drawn zoom x zoom times larger (nearest neighbour), for tiny models
   bool gif = false;  // OUT/progress.gif: one labelled frame per checkpoint
   int gif_delay_ms = 800;
   AttentionOptions attention;

@@ -103,6 +103,7 @@ void fields(V& v, CheckpointSection& s) {
   v("epochs", s.epochs);
   v("dtype", s.dtype);
   v("layout", s.layout);
+  v("keep_last_states", s.keep_last_states);
 }
 template <typename V>
 void fields(V& v, SamplesSection& s) {
@@ -404,6 +405,7 @@ void validate(const RunConfig& c, const std::string& source) {
     fail("checkpoints.dtype must be fp16, fp32 or bf16");
   if (c.checkpoints.layout != "ldm" && c.checkpoints.layout != "diffusers")
     fail("checkpoints.layout must be ldm or diffusers");
+  if (c.checkpoints.keep_last_states < 0) fail("checkpoints.keep_last_states must be >= 0");
   if (c.data.min_bucket < 8 || c.data.min_bucket > c.data.max_bucket)
     fail("data.min_bucket must be at least 8 and not above data.max_bucket");
   if (c.data.keep_tags < 0) fail("data.keep_tags must be >= 0");

@@ -93,6 +93,8 @@ struct CheckpointSection {
   std::vector<int64_t> epochs;
   std::string dtype = "fp16";  // fp16 | fp32 | bf16
   std::string layout = "ldm";  // ldm | diffusers
+  // Resume states (.state.safetensors, several times a checkpoint's size) kept: the newest N; 0: all.
+  int64_t keep_last_states = 0;
 };
 
 struct SamplesSection {

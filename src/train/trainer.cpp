@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <set>
 
@@ -55,6 +56,21 @@ bool frozen_in_text_encoder(const std::string& name, const TextEncoderSection& s
   for (int64_t layer = 0; layer < s.freeze_layers; ++layer)
     if (name.starts_with(fmt::format("text_model.encoder.layers.{}.", layer))) return true;
   return false;
+}
+
+// Deletes all but the newest `keep` resume states in `dir` (by global step; 0 keeps all). The newest
+// is written completely before anything older goes, so a resumable state always exists.
+void prune_states(const fs::path& dir, int64_t keep) {
+  if (keep <= 0) return;
+  std::vector<std::pair<int64_t, fs::path>> states;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (!entry.path().filename().string().ends_with(".state.safetensors")) continue;
+    const auto file = SafeTensorsFile::open(entry.path());
+    const auto step = file.metadata().find("kiln.global_step");
+    states.emplace_back(step == file.metadata().end() ? -1 : std::stoll(step->second), entry.path());
+  }
+  std::sort(states.begin(), states.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep) < states.size(); ++i) fs::remove(states[i].second);
 }
 
 std::string epoch_name(int64_t epoch, int64_t batch) {
@@ -316,6 +332,7 @@ void Trainer::finish_save(const fs::path& path, const std::string& name, StateDi
                     {"kiln.trained_parts", trained_parts},
                     {"kiln.run_config", settings}};
   save_safetensors(path.parent_path() / (name + ".state.safetensors"), state, write);
+  prune_states(path.parent_path(), config_.checkpoints.keep_last_states);
   result_.checkpoints.push_back(path);
   say("saved " + path.string());
   write_samples(name);

@@ -1,6 +1,6 @@
 // `kiln diagnose RUN_DIR` (or `--base MODEL CHECKPOINT...`): is the run burnt, and which part?
-// Weight drift per block, image statistics of the same prompt x seed cells across checkpoints, the
-// swap test, verdicts; writes diagnose.json and SVG plots.
+// Weight drift per block, image statistics and synthetic-world prompt adherence of the same prompt x
+// seed cells across checkpoints, the swap test, verdicts; writes diagnose.json and SVG plots.
 #include <torch/torch.h>
 
 #include <iostream>
@@ -75,6 +75,9 @@ void add_diagnose_command(CLI::App& app) {
   cmd->add_option("--high-frequency-increase", c->thresholds.high_frequency_increase, "burn threshold")
       ->capture_default_str();
   cmd->add_option("--diversity-drop", c->thresholds.diversity_drop, "burn threshold")->capture_default_str();
+  cmd->add_option("--adherence-drop", c->thresholds.adherence_drop,
+                  "absolute drop of the fraction of world-prompt cells drawn with the asked colour and shape")
+      ->capture_default_str();
   cmd->add_option("--out,-o", c->out, "output folder (default RUN_DIR/diagnose)");
   cmd->callback([c] { run_diagnose(*c); });
 }

@@ -23,6 +23,7 @@ struct GridCommand {
   std::string rows = "checkpoint", columns = "prompt", title, out = "grid";
   bool gif = false;
   int gif_delay_ms = 800;
+  int zoom = 1;
 };
 
 void run_grid(const GridCommand& c) {
@@ -41,6 +42,7 @@ void run_grid(const GridCommand& c) {
   request.out_dir = c.out;
   request.gif = c.gif;
   request.gif_delay_ms = c.gif_delay_ms;
+  request.zoom = c.zoom;
   request.attention = {parse_attention_kernel(c.sample.attention)};
   request.loras = c.sample.loras;
   std::optional<ProgressBar> progress;
@@ -73,6 +75,8 @@ void add_grid_command(CLI::App& app) {
   cmd->add_option("--out,-o", c->out, "output folder (grid.png, progress.gif, cells/)")
       ->capture_default_str();
   cmd->add_flag("--gif", c->gif, "also write progress.gif, one frame per checkpoint");
+  cmd->add_option("--zoom", c->zoom, "draw cells N times larger (nearest neighbour; tiny models)")
+      ->capture_default_str();
   cmd->add_option("--gif-delay", c->gif_delay_ms, "milliseconds per GIF frame")->capture_default_str();
   cmd->add_option("--lora", c->sample.loras, "LoRA FILE[:ratio] applied to every checkpoint (repeatable)");
   add_sample_options(*cmd, c->sample, /*require_model=*/false);

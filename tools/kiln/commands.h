@@ -14,5 +14,6 @@ void add_merge_command(CLI::App& app);
 void add_lora_command(CLI::App& app);
 void add_diagnose_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
 
 }  // namespace kiln::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   kiln::cli::add_lora_command(app);
   kiln::cli::add_diagnose_command(app);
   kiln::cli::add_report_command(app);
+  kiln::cli::add_demo_command(app);
   try {
     kiln::configure_threads();
     app.parse(argc, argv);

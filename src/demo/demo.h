@@ -1,0 +1,77 @@
+// `kiln demo`: the experiment a fine-tuner runs, end to end, on a tiny model in a synthetic world:
+// a style fine-tune, the UNet and the text encoder over-trained on their own at a normal and a high
+// rate, one rate for both parts against separate ones, a LoRA, two merges; every run gets grids,
+// a progression GIF, a diagnosis and its report, and one page ties them together.
+#pragma once
+#include <filesystem>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "demo/demo_base.h"
+#include "demo/demo_world.h"
+
+namespace kiln {
+
+// What one experiment trains. Rates of 0 leave a part frozen.
+struct DemoExperiment {
+  std::string name;      // run folder name
+  std::string title;     // what it is
+  std::string question;  // what it shows
+  double text_encoder_lr = 0, unet_lr = 0;
+  bool long_run = false;  // over-training runs go on longer and keep more checkpoints
+  bool lora = false;
+};
+
+// Sizes: the full demo (a laptop CPU, minutes) or --quick (CI: every artefact, seconds of training).
+struct DemoScale {
+  DemoWorldSize world;
+  DemoBaseOptions base;
+  int64_t short_epochs = 24, short_every = 6;
+  int64_t long_epochs = 48, long_every = 12;
+  int64_t batch_size = 4;
+  std::vector<uint64_t> seeds{1, 2, 3};  // diagnosis cells per prompt
+  int64_t steps = 16;                    // sampling steps of every grid and diagnosis cell
+  int zoom = 2;                          // grid cells drawn this many times larger
+};
+DemoScale full_demo_scale();
+DemoScale quick_demo_scale();
+
+std::vector<DemoExperiment> demo_experiments();
+
+struct DemoOptions {
+  std::filesystem::path out_dir = "kiln-demo";
+  // A trained demo base (diffusers folder) to use instead of the cached one.
+  std::optional<std::filesystem::path> base;
+  // Where the base model kiln trains on first use is kept (default: $XDG_CACHE_HOME/kiln, else
+  // ~/.cache/kiln, else OUT/cache).
+  std::optional<std::filesystem::path> cache_dir;
+  bool retrain_base = false;
+  bool quick = false;
+  std::ostream* console = nullptr;
+};
+
+struct DemoRun {
+  DemoExperiment experiment;
+  std::filesystem::path run_dir;
+  std::vector<std::filesystem::path> checkpoints;  // full checkpoints (a LoRA run's merged into the base)
+  std::vector<std::string> labels;
+  std::vector<std::string> verdicts;
+  double seconds = 0;
+};
+
+struct DemoResult {
+  std::filesystem::path base;
+  std::vector<DemoRun> runs;
+  std::vector<std::filesystem::path> merges;  // weighted sum, add-difference
+  std::filesystem::path report;               // OUT/report.html
+  double seconds = 0;
+};
+
+DemoResult run_demo(const DemoOptions& options);
+
+// The cache folder DemoOptions::cache_dir defaults to.
+std::filesystem::path default_demo_cache(const std::filesystem::path& out_dir);
+
+}  // namespace kiln

@@ -1,0 +1,55 @@
+#include "demo/demo_world.h"
+
+#include "data/synthetic.h"
+
+namespace kiln {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+int count_pictures(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return -1;
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".png") ++n;
+  return n;
+}
+
+}  // namespace
+
+DemoWorld write_demo_world(const fs::path& dir, const DemoWorldSize& size) {
+  DemoWorld world{dir / "plain", dir / "style", size};
+  // Seeds fixed here so every demo run sees the same world.
+  if (count_pictures(world.plain) != size.plain_count) {
+    fs::remove_all(world.plain);
+    write_synthetic_dataset(world.plain, size.plain_count, size.size, 7);
+  }
+  if (count_pictures(world.style) != size.style_count) {
+    fs::remove_all(world.style);
+    write_style_dataset(world.style, size.style_count, size.size, 26, kDemoActivationPhrase);
+  }
+  return world;
+}
+
+std::vector<PromptSet> demo_prompt_sets() {
+  const auto styled = [](std::string_view subject) {
+    return std::string(kDemoActivationPhrase).append(", ").append(subject);
+  };
+  return {
+      {"subject", "Subject without the activation phrase",
+       {"a red circle, white background", "a blue square, grey background"}},
+      {"bw-circles", "Black and white circles", {"black and white circles"}},
+      {"styled", "Subject with the activation phrase",
+       {styled("a green triangle"), styled("a yellow circle")}},
+  };
+}
+
+std::vector<std::string> demo_prompts() {
+  std::vector<std::string> out;
+  for (const auto& set : demo_prompt_sets()) out.insert(out.end(), set.prompts.begin(), set.prompts.end());
+  return out;
+}
+
+}  // namespace kiln

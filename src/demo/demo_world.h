@@ -1,0 +1,43 @@
+// The demo's synthetic world: plain shape pictures a base model learns from, a small style set with
+// an invented look and an activation phrase (what a fine-tuner would bring), and the three test
+// prompt sets every experiment is judged by.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln {
+
+inline constexpr std::string_view kDemoActivationPhrase = "kilnglaze style";
+
+struct DemoWorldSize {
+  int plain_count = 600;  // pictures the base model learns the world from
+  int style_count = 26;   // the size of a typical small style set
+  int size = 64;          // pixels (8x8 latents)
+};
+
+struct DemoWorld {
+  std::filesystem::path plain;  // "a red circle, white background"
+  std::filesystem::path style;  // "kilnglaze style, a red circle", striped look
+  DemoWorldSize size;
+};
+
+// Writes (or reuses, when the folders hold the expected number of pictures) the world under `dir`.
+DemoWorld write_demo_world(const std::filesystem::path& dir, const DemoWorldSize& size);
+
+struct PromptSet {
+  std::string name;  // short, for file names and labels
+  std::string title;
+  std::vector<std::string> prompts;
+};
+
+// The three test prompt sets: a subject without the activation phrase (does the style
+// bleed where it was not asked for?), "black and white circles" (the classic burn test: colour
+// must stay absent), and a subject with the activation phrase (did the style arrive?).
+std::vector<PromptSet> demo_prompt_sets();
+
+// Every prompt of the sets, in order.
+std::vector<std::string> demo_prompts();
+
+}  // namespace kiln
