@@ -632,4 +632,41 @@ TEST_F(DataFiles, SyntheticDatasetMatchesItsCaptions) {
   EXPECT_TRUE(error_of([&] { kiln::write_synthetic_dataset(dir_ / "d", 1, 8, 0); }).has_value());
 }
 
+// The style set: the invented look everywhere (stripes behind, an orange rim, the subject's colour
+// inside), captions of activation phrase + subject that never describe the look.
+TEST_F(DataFiles, StyleDatasetHasItsLookAndPhrase) {
+  kiln::write_style_dataset(dir_ / "s", 12, 64, 26, "kilnglaze style");
+  kiln::write_style_dataset(dir_ / "t", 12, 64, 26, "kilnglaze style");
+  for (int i = 0; i < 12; ++i) {
+    char stem[8];
+    std::snprintf(stem, sizeof stem, "%04d", i);
+    const fs::path png = dir_ / "s" / (std::string(stem) + ".png");
+    EXPECT_EQ(read_bytes(png), read_bytes(dir_ / "t" / png.filename()));
+    const std::string caption = kiln::read_caption(png);
+    std::istringstream words(caption);
+    std::string phrase1, phrase2, article, colour, shape, extra;
+    words >> phrase1 >> phrase2 >> article >> colour >> shape;
+    ASSERT_EQ(phrase1 + " " + phrase2, "kilnglaze style,") << caption;
+    ASSERT_EQ(article, "a") << caption;
+    EXPECT_FALSE(words >> extra) << caption;  // nothing after the subject
+    EXPECT_EQ(caption.find("background"), std::string::npos) << caption;
+
+    const Image im = kiln::read_png(png);
+    // Both stripe colours show, and so does the rim; the subject's colour is drawn too.
+    int stripe_a = 0, stripe_b = 0, rim = 0, subject = 0;
+    for (int y = 0; y < 64; ++y)
+      for (int x = 0; x < 64; ++x) {
+        const Rgb c = im.at(x, y);
+        stripe_a += c == kiln::kStyleStripeA;
+        stripe_b += c == kiln::kStyleStripeB;
+        rim += c == kiln::kStyleRim;
+        subject += colour_name(c) == colour;
+      }
+    EXPECT_GT(stripe_a, 200) << caption;
+    EXPECT_GT(stripe_b, 200) << caption;
+    EXPECT_GT(rim, 20) << caption;
+    EXPECT_GT(subject, 40) << caption;
+  }
+}
+
 }  // namespace

@@ -41,7 +41,7 @@ TEST_F(DemoTest, QuickDemoWritesEveryArtefact) {
   EXPECT_EQ(count_with_suffix(out / "world" / "plain", ".png"), 48);
   EXPECT_EQ(count_with_suffix(out / "world" / "style", ".png"), 8);
   EXPECT_NE(read_bytes(out / "world" / "style" / "0000.txt").find("kilnglaze style, a "), std::string::npos);
-  const fs::path base = cache / "demo-base-v1-quick";
+  const fs::path base = cache / "demo-base-v2-quick";
   ASSERT_TRUE(fs::is_regular_file(base / "model_index.json"));
   EXPECT_NO_THROW(kiln::read_checkpoint(base));
   EXPECT_TRUE(fs::is_regular_file(out / "world.png"));
@@ -55,9 +55,9 @@ TEST_F(DemoTest, QuickDemoWritesEveryArtefact) {
     EXPECT_TRUE(fs::is_regular_file(run / "report.html"));
     EXPECT_TRUE(fs::is_regular_file(run / "diagnose" / "diagnose.json"));
     EXPECT_TRUE(fs::is_regular_file(run / "diagnose" / "image_statistics.svg"));
-    // base + 2 checkpoints down, 5 prompts across; the GIF steps through the 3 models.
+    // base + 2 checkpoints down, 6 prompts across; the GIF steps through the 3 models.
     const auto grid = kiln::read_png(run / "grid" / "grid.png");
-    EXPECT_GT(grid.width, 5 * 64);
+    EXPECT_GT(grid.width, 6 * 64);
     EXPECT_GT(grid.height, 3 * 64);
     const std::string gif = read_bytes(run / "grid" / "progress.gif");
     EXPECT_EQ(gif.substr(0, 6), "GIF89a");

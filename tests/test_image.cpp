@@ -591,3 +591,16 @@ TEST_F(ImageFiles, GifErrorsNameTheFile) {
 }
 
 }  // namespace
+
+TEST(ScaleNearest, RepeatsEveryPixel) {
+  kiln::Image image(2, 1);
+  image.set(0, 0, {10, 20, 30});
+  image.set(1, 0, {200, 100, 0});
+  const auto big = kiln::scale_nearest(image, 3);
+  ASSERT_EQ(big.width, 6);
+  ASSERT_EQ(big.height, 3);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 6; ++x) EXPECT_EQ(big.at(x, y), image.at(x / 3, 0)) << x << "," << y;
+  EXPECT_EQ(kiln::scale_nearest(image, 1).pixels, image.pixels);
+  EXPECT_THROW(kiln::scale_nearest(image, 0), kiln::Error);
+}

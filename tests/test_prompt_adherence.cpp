@@ -37,11 +37,9 @@ TEST(ParseWorldPrompt, FindsColourShapeAndBackground) {
   EXPECT_EQ(p->shape, "square");
   EXPECT_EQ(p->background, "grey");
 
-  // Only the colour right before the shape word counts.
-  p = parse_world_prompt("black and white circles");
-  ASSERT_TRUE(p.has_value());
-  EXPECT_EQ(p->colour, "white");
-  EXPECT_EQ(p->shape, "circle");
+  // Two colours for one shape have no single right answer.
+  EXPECT_FALSE(parse_world_prompt("black and white circles").has_value());
+  EXPECT_FALSE(parse_world_prompt("red or blue squares, grey background").has_value());
 
   // A background that is not a world background is not recorded.
   p = parse_world_prompt("a blue square, red background");

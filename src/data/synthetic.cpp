@@ -27,7 +27,9 @@ constexpr std::array<NamedColor, 3> kBackgrounds{
     {{"white", {255, 255, 255}}, {"black", {0, 0, 0}}, {"grey", {128, 128, 128}}}};
 constexpr std::array<std::string_view, 3> kShapes{"circle", "square", "triangle"};
 
+// (u, v): a point relative to the shape's square, in units of its side.
 bool inside_shape(std::string_view shape, double u, double v) {
+  if (u < 0 || u > 1 || v < 0 || v > 1) return false;
   if (shape == "circle") return (u - 0.5) * (u - 0.5) + (v - 0.5) * (v - 0.5) <= 0.25;
   // Apex at the top middle, base along the bottom edge.
   if (shape == "triangle") return v >= 2.0 * std::abs(u - 0.5);

@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Bumped whenever the base's recipe changes, so a stale cached base is never used.
-constexpr const char* kBaseVersion = "demo-base-v1";
+constexpr const char* kBaseVersion = "demo-base-v2";
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -72,15 +72,21 @@ fs::path Demo::prepare_base(const DemoWorld& world) {
   }
   const fs::path cache = options_.cache_dir ? *options_.cache_dir : default_demo_cache(options_.out_dir);
   // The quick base is a different (barely trained) model: it never replaces the real one.
-  const fs::path base = cache / (std::string(kBaseVersion) + (options_.quick ? "-quick" : ""));
-  if (!options_.retrain_base && fs::is_regular_file(base / "model_index.json")) {
-    say("base model: " + base.string() + " (cached; --retrain-base trains it again)");
-    return base;
+  const fs::path trained = cache / (std::string(kBaseVersion) + (options_.quick ? "-quick" : ""));
+  if (!options_.retrain_base) {
+    if (fs::is_regular_file(trained / "model_index.json")) {
+      say("base model: " + trained.string() + " (cached; --retrain-base trains it again)");
+      return trained;
+    }
+    if (!options_.quick && options_.shipped_base && fs::is_regular_file(*options_.shipped_base / "model_index.json")) {
+      say("base model: " + options_.shipped_base->string() + " (shipped; --retrain-base trains it again)");
+      return *options_.shipped_base;
+    }
   }
   const auto start = std::chrono::steady_clock::now();
-  train_demo_base(world, options_.out_dir / "base-training", base, scale_.base, options_.console);
-  say(fmt::format("base model trained in {:.0f} s: {}", seconds_since(start), base.string()));
-  return base;
+  train_demo_base(world, options_.out_dir / "base-training", trained, scale_.base, options_.console);
+  say(fmt::format("base model trained in {:.0f} s: {}", seconds_since(start), trained.string()));
+  return trained;
 }
 
 void Demo::grid(const std::vector<fs::path>& checkpoints, const std::vector<std::string>& labels,
@@ -179,7 +185,7 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   request.checkpoints = run.checkpoints;
   request.labels = run.labels;
   request.config = base_;
-  request.prompts = demo_prompts();
+  request.prompts = demo_control_prompts();
   request.seeds = scale_.seeds;
   request.settings = cell_settings();
   const auto diagnosis = diagnose(request);
@@ -243,7 +249,7 @@ DemoScale full_demo_scale() { return {}; }
 
 DemoScale quick_demo_scale() {
   DemoScale s;
-  s.world = {48, 8, 64};
+  s.world = {48, 8, 8, 64};
   s.base.vae_steps = 20;
   s.base.epochs = 1;
   s.short_epochs = s.long_epochs = 2;

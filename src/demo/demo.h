@@ -42,8 +42,10 @@ std::vector<DemoExperiment> demo_experiments();
 
 struct DemoOptions {
   std::filesystem::path out_dir = "kiln-demo";
-  // A trained demo base (diffusers folder) to use instead of the cached one.
+  // A trained demo base (diffusers folder) to use instead of the cached or shipped one.
   std::optional<std::filesystem::path> base;
+  // The base that ships with kiln (assets/demo-base), used when no retrained one is cached.
+  std::optional<std::filesystem::path> shipped_base;
   // Where the base model kiln trains on first use is kept (default: $XDG_CACHE_HOME/kiln, else
   // ~/.cache/kiln, else OUT/cache).
   std::optional<std::filesystem::path> cache_dir;

@@ -20,7 +20,7 @@ int count_pictures(const fs::path& dir) {
 }  // namespace
 
 DemoWorld write_demo_world(const fs::path& dir, const DemoWorldSize& size) {
-  DemoWorld world{dir / "plain", dir / "style", size};
+  DemoWorld world{dir / "plain", dir / "style", dir / "looks", size};
   // Seeds fixed here so every demo run sees the same world.
   if (count_pictures(world.plain) != size.plain_count) {
     fs::remove_all(world.plain);
@@ -29,6 +29,10 @@ DemoWorld write_demo_world(const fs::path& dir, const DemoWorldSize& size) {
   if (count_pictures(world.style) != size.style_count) {
     fs::remove_all(world.style);
     write_style_dataset(world.style, size.style_count, size.size, 26, kDemoActivationPhrase);
+  }
+  if (count_pictures(world.looks) != size.look_count) {
+    fs::remove_all(world.looks);
+    write_style_dataset(world.looks, size.look_count, size.size, 1026, kDemoActivationPhrase);
   }
   return world;
 }
@@ -39,11 +43,18 @@ std::vector<PromptSet> demo_prompt_sets() {
   };
   return {
       {"subject", "Subject without the activation phrase",
-       {"a red circle, white background", "a blue square, grey background"}},
+       {"a red circle, white background", "a blue square, grey background", "a yellow triangle, black background"}},
       {"bw-circles", "Black and white circles", {"black and white circles"}},
       {"styled", "Subject with the activation phrase",
        {styled("a green triangle"), styled("a yellow circle")}},
   };
+}
+
+std::vector<std::string> demo_control_prompts() {
+  std::vector<std::string> out;
+  for (const auto& set : demo_prompt_sets())
+    if (set.name != "styled") out.insert(out.end(), set.prompts.begin(), set.prompts.end());
+  return out;
 }
 
 std::vector<std::string> demo_prompts() {

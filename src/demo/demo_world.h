@@ -14,12 +14,16 @@ inline constexpr std::string_view kDemoActivationPhrase = "kilnglaze style";
 struct DemoWorldSize {
   int plain_count = 600;  // pictures the base model learns the world from
   int style_count = 26;   // the size of a typical small style set
+  int look_count = 150;   // other pictures in the style's look, for the VAE only (see DemoWorld::looks)
   int size = 64;          // pixels (8x8 latents)
 };
 
 struct DemoWorld {
   std::filesystem::path plain;  // "a red circle, white background"
   std::filesystem::path style;  // "kilnglaze style, a red circle", striped look
+  // More pictures in the style's look (other seed) that only the VAE learns from: a real SD VAE can
+  // draw any look, so the style must be expressible in latents before a UNet can learn it.
+  std::filesystem::path looks;
   DemoWorldSize size;
 };
 
@@ -37,7 +41,11 @@ struct PromptSet {
 // must stay absent), and a subject with the activation phrase (did the style arrive?).
 std::vector<PromptSet> demo_prompt_sets();
 
-// Every prompt of the sets, in order.
+// Every prompt of the sets, in order (the grids' columns).
 std::vector<std::string> demo_prompts();
+
+// The prompts without the activation phrase: where the style must not show, so any change there is a
+// burn sign. The diagnosis judges these; the styled prompts show whether the style arrived.
+std::vector<std::string> demo_control_prompts();
 
 }  // namespace kiln

@@ -199,8 +199,12 @@ std::optional<WorldPrompt> parse_world_prompt(std::string_view prompt) {
   std::optional<WorldPrompt> out;
   for (size_t i = 1; i < words.size() && !out; ++i) {
     const std::string shape = shape_word(words[i]);
-    if (!shape.empty() && is_one_of(synthetic_shape_colors(), words[i - 1]))
-      out = WorldPrompt{words[i - 1], shape, {}};
+    if (shape.empty() || !is_one_of(synthetic_shape_colors(), words[i - 1])) continue;
+    // "black and white circles" names two colours for one shape: no single answer to check.
+    if (i >= 3 && (words[i - 2] == "and" || words[i - 2] == "or") &&
+        is_one_of(synthetic_shape_colors(), words[i - 3]))
+      return std::nullopt;
+    out = WorldPrompt{words[i - 1], shape, {}};
   }
   if (!out) return std::nullopt;
   for (size_t i = 1; i < words.size(); ++i) {

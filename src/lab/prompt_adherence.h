@@ -24,11 +24,11 @@ struct WorldPrompt {
 };
 
 // Case-insensitive; words are runs of letters. The first shape word ("circle" or "circles", …)
-// that directly follows a world shape colour gives colour and shape: "a red circle" -> red circle,
-// "black and white circles" -> white circle (only the word right before the shape counts), "red
-// and blue squares" -> blue square. "<bg> background" anywhere gives the background ("gray" is
-// read as "grey"). nullopt when no colour word directly precedes a shape word ("a photo of a
-// person", "a circle", "a red big circle").
+// that directly follows a world shape colour gives colour and shape: "a red circle" -> red circle.
+// "<bg> background" anywhere gives the background ("gray" is read as "grey"). nullopt when no colour
+// word directly precedes a shape word ("a photo of a person", "a circle", "a red big circle") and
+// when two colours joined by "and"/"or" precede it ("black and white circles", "red or blue
+// squares"): such a prompt has no single right answer to check.
 std::optional<WorldPrompt> parse_world_prompt(std::string_view prompt);
 
 // What read_shape saw. When `found` is false the other words are empty and the picture counts as

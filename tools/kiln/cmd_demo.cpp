@@ -3,6 +3,7 @@
 // merges, a LoRA, and one report page; prints the report's path last.
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@ void run_demo_command(const DemoCommand& c) {
   if (!c.base.empty()) options.base = c.base;
   if (!c.cache.empty()) options.cache_dir = c.cache;
   options.quick = c.quick;
+  options.shipped_base = std::filesystem::path(KILN_DEMO_BASE_DIR);
   options.retrain_base = c.retrain_base;
   options.console = &std::cerr;
   const auto result = run_demo(options);
