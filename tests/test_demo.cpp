@@ -7,6 +7,7 @@
 #include <string>
 
 #include "demo/demo.h"
+#include "demo/demo_report.h"
 #include "image/png.h"
 #include "io/checkpoint.h"
 #include "lab/run_report.h"
@@ -81,6 +82,49 @@ TEST_F(DemoTest, QuickDemoWritesEveryArtefact) {
   EXPECT_NE(page.find("data:image/gif;base64,"), std::string::npos);
   EXPECT_NE(page.find("<svg"), std::string::npos);
   EXPECT_EQ(page.find("http"), std::string::npos);
+}
+
+// The front page's verdict table: the first checkpoint a part is called over-trained at, per part;
+// "healthy" when no checkpoint is.
+TEST_F(DemoTest, FrontPageSaysWhichPartBurntAndWhen) {
+  const auto world = kiln::write_demo_world(dir_ / "world", {4, 4, 4, 64});
+  kiln::DemoResult result;
+  result.base = dir_ / "base";
+  kiln::DemoRun healthy, drifted;
+  healthy.experiment = kiln::demo_experiments()[0];
+  healthy.run_dir = dir_ / "runs" / "style";
+  healthy.labels = {"epoch 6", "epoch 12"};
+  healthy.checkpoint_verdicts = {"epoch 6: UNet within range; text encoder within range",
+                                 "epoch 12: UNet within range; text encoder within range"};
+  drifted.experiment = kiln::demo_experiments()[5];
+  drifted.run_dir = dir_ / "runs" / "te-high";
+  drifted.labels = {"epoch 12", "epoch 24", "epoch 36"};
+  drifted.checkpoint_verdicts = {"epoch 12: UNet unchanged; text encoder within range",
+                                 "epoch 24: UNet unchanged; text encoder over-trained: prompt adherence",
+                                 "epoch 36: UNet over-trained: contrast +40%; text encoder over-trained: x"};
+  drifted.final_verdict = drifted.checkpoint_verdicts.back();
+  result.runs = {healthy, drifted};
+  const auto page = read_bytes(kiln::write_demo_report(result, world, dir_));
+  EXPECT_NE(page.find("<span class=\"good\">healthy</span>"), std::string::npos);
+  EXPECT_NE(page.find("UNet over-trained from epoch 36</span>"), std::string::npos);
+  EXPECT_NE(page.find("text encoder over-trained from epoch 24</span>"), std::string::npos);
+  // Pictures that are not there are named, not silently left out.
+  EXPECT_NE(page.find("missing: " + (drifted.run_dir / "grid" / "grid.png").string()), std::string::npos);
+  EXPECT_TRUE(fs::is_regular_file(dir_ / "world.png"));
+}
+
+// The base that ships with kiln is a complete diffusers folder of the golden tiny architecture (what
+// the demo's runs and --config expect), stored in fp16.
+TEST(DemoBase, ShippedBaseIsTheTinyArchitecture) {
+  const fs::path base = fs::path(KILN_SOURCE_DIR) / "assets" / "demo-base";
+  const auto checkpoint = kiln::read_checkpoint(base);
+  EXPECT_EQ(checkpoint.layout, kiln::CheckpointLayout::Diffusers);
+  EXPECT_TRUE(checkpoint.configs_complete);
+  EXPECT_EQ(checkpoint.configs, kiln::tiny_configs());
+  for (const auto* dict : {&checkpoint.unet, &checkpoint.text_encoder, &checkpoint.vae}) {
+    ASSERT_FALSE(dict->empty());
+    EXPECT_EQ(dict->begin()->second.scalar_type(), torch::kHalf);
+  }
 }
 
 }  // namespace

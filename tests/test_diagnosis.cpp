@@ -203,6 +203,12 @@ TEST(CheckpointVerdict, BlamesThePartThatTrained) {
   drifted.drift = {{"te", 0.0, 10}, {"unet", 0.01, 10}};
   EXPECT_NE(checkpoint_verdict(drifted, base, {}).find("UNet over-trained: prompt adherence 90% -> 50%"),
             std::string::npos);
+  // The colour fraction falling alone is a drop too, named as such.
+  drifted.images.adherence = PromptAdherence{0.6, 1.0, 0.6, 10};
+  drifted.drift = {{"te", 0.02, 10}, {"unet", 0.0, 10}};
+  EXPECT_NE(checkpoint_verdict(drifted, base, {}).find("text encoder over-trained: prompt adherence (colour) 100% -> 60%"),
+            std::string::npos);
+  drifted.images.adherence = PromptAdherence{1.0, 1.0, 0.5, 10};
   // Both parts trained, nothing crossed: both within range. A looser threshold clears the drop.
   drifted.drift = {{"te", 0.01, 10}, {"unet", 0.01, 10}};
   DiagnosisThresholds loose;

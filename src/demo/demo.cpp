@@ -57,7 +57,7 @@ class Demo {
 
 GenerationSettings Demo::cell_settings() const {
   GenerationSettings s;
-  s.sampler = "euler_a";
+  s.sampler = "dpmpp_2m_karras";
   s.steps = scale_.steps;
   s.cfg = 5.0;
   s.width = scale_.world.size;
@@ -195,6 +195,10 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
     run.verdicts.push_back(verdict.get<std::string>());
     say("  " + run.verdicts.back());
   }
+  for (const auto& c : diagnosis.checkpoints) run.checkpoint_verdicts.push_back(c.verdict);
+  run.final_verdict = diagnosis.checkpoints.back().verdict;
+  run.attribution = diagnosis.attribution;
+  if (!diagnosis.adherence_attribution.empty()) run.attribution += "; " + diagnosis.adherence_attribution;
   write_run_report(run.run_dir);
   run.seconds = seconds_since(start);
   say(fmt::format("{} done in {:.0f} s", experiment.name, run.seconds));

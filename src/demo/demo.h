@@ -31,7 +31,7 @@ struct DemoScale {
   int64_t short_epochs = 24, short_every = 6;
   int64_t long_epochs = 48, long_every = 12;
   int64_t batch_size = 4;
-  std::vector<uint64_t> seeds{1, 2, 3};  // diagnosis cells per prompt
+  std::vector<uint64_t> seeds{1, 2, 3, 4};  // diagnosis cells per prompt (the grids use the first)
   int64_t steps = 16;                    // sampling steps of every grid and diagnosis cell
   int zoom = 2;                          // grid cells drawn this many times larger
 };
@@ -59,7 +59,10 @@ struct DemoRun {
   std::filesystem::path run_dir;
   std::vector<std::filesystem::path> checkpoints;  // full checkpoints (a LoRA run's merged into the base)
   std::vector<std::string> labels;
-  std::vector<std::string> verdicts;
+  std::vector<std::string> verdicts;  // every checkpoint's, then the swap test's
+  std::vector<std::string> checkpoint_verdicts;  // one per checkpoint, in order
+  std::string final_verdict;                     // the last checkpoint's
+  std::string attribution;            // the swap test's, on the last checkpoint
   double seconds = 0;
 };
 

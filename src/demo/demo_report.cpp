@@ -87,6 +87,21 @@ std::string metric_plot(const DemoResult& result, const std::vector<std::string>
   return inline_svg(line_plot_svg(series, {title, "epoch", y_label, 760, 340}));
 }
 
+// Which parts the run's verdicts call over-trained, and from which checkpoint on.
+std::string state_of(const DemoRun& run) {
+  std::string out;
+  for (const char* part : {"UNet", "text encoder"}) {
+    const std::string phrase = std::string(part) + " over-trained";
+    for (size_t i = 0; i < run.checkpoint_verdicts.size(); ++i) {
+      if (run.checkpoint_verdicts[i].find(phrase) == std::string::npos) continue;
+      out += fmt::format("<span class=\"bad\">{} from {}</span><br>", phrase,
+                         escape_xml(i < run.labels.size() ? run.labels[i] : std::to_string(i + 1)));
+      break;
+    }
+  }
+  return out.empty() ? "<span class=\"good\">healthy</span>" : out;
+}
+
 std::string rate(double lr) { return lr > 0 ? fmt::format("{:g}", lr) : "frozen"; }
 
 constexpr const char* kStyle = R"(
@@ -102,6 +117,7 @@ figure { margin: 12px 0; } figure svg { max-width: 100%; height: auto; }
 .verdicts li { margin: 2px 0; }
 .note { color: #666; font-size: 0.9em; }
 .warn { color: #a33; }
+.bad { color: #b00; font-weight: bold; } .good { color: #070; font-weight: bold; }
 )";
 
 }  // namespace
@@ -121,15 +137,19 @@ fs::path write_demo_report(const DemoResult& result, const DemoWorld& world, con
           "activation phrase and the subject.</p>\n";
   html += inline_image(overview, "the synthetic world", "image/png");
 
-  html += "<h2>Verdicts</h2>\n<table><tr><th>run</th><th>text encoder</th><th>UNet</th><th>what kiln diagnose "
-          "says</th><th>time</th></tr>\n";
+  html += "<h2>Verdicts</h2>\n<p>What <code>kiln diagnose</code> says about each run, judged on the prompts without "
+          "the activation phrase (where the style must not show): which part it first calls over-trained and "
+          "when, the last checkpoint's verdict, and which part the swap test blames. Every checkpoint's verdict "
+          "is in the run's section below.</p>\n"
+          "<table><tr><th>run</th><th>text encoder</th><th>UNet</th><th>state</th><th>last checkpoint</th>"
+          "<th>swap test</th><th>time</th></tr>\n";
   for (const auto& run : result.runs) {
-    std::string verdicts;
-    for (const auto& v : run.verdicts) verdicts += escape_xml(v) + "<br>";
     html += fmt::format(
-        "<tr><td><a href=\"#{0}\">{0}</a>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5:.0f} s</td></tr>\n",
+        "<tr><td><a href=\"#{0}\">{0}</a>{1}</td><td>{2}</td><td>{3}</td><td class=\"state\">{4}</td><td>{5}</td>"
+        "<td>{6}</td><td>{7:.0f} s</td></tr>\n",
         escape_xml(run.experiment.name), run.experiment.lora ? " (LoRA)" : "", rate(run.experiment.text_encoder_lr),
-        rate(run.experiment.unet_lr), verdicts, run.seconds);
+        rate(run.experiment.unet_lr), state_of(run), escape_xml(run.final_verdict),
+        escape_xml(run.attribution), run.seconds);
   }
   html += "</table>\n";
 
@@ -163,8 +183,8 @@ fs::path write_demo_report(const DemoResult& result, const DemoWorld& world, con
           "(te-normal). Files: ";
   for (const auto& m : result.merges) html += "<code>" + escape_xml(fs::relative(m, out_dir).string()) + "</code> ";
   html += "</p>\n" + inline_image(out_dir / "merges" / "grid" / "grid.png", "merges", "image/png");
-  html += "<p class=\"note\">Written by <code>kiln demo</code>. Cells: euler_a, cfg 5, seed 1; the diagnosis uses "
-          "several seeds per prompt.</p>\n</body></html>\n";
+  html += "<p class=\"note\">Written by <code>kiln demo</code>. Cells: DPM++ 2M Karras, 16 steps, cfg 5, seed 1; the "
+          "diagnosis uses seeds 1-4 and three more subjects without the activation phrase.</p>\n</body></html>\n";
   const fs::path path = out_dir / "report.html";
   write_text_atomically(path, html);
   return path;

@@ -54,6 +54,11 @@ std::vector<std::string> demo_control_prompts() {
   std::vector<std::string> out;
   for (const auto& set : demo_prompt_sets())
     if (set.name != "styled") out.insert(out.end(), set.prompts.begin(), set.prompts.end());
+  // More subjects than a grid has room for: prompt adherence is a fraction of cells, and a few
+  // cells make it a coin toss.
+  for (const char* subject : {"a green square, white background", "a white circle, black background",
+                              "a black triangle, grey background"})
+    out.emplace_back(subject);
   return out;
 }
 

@@ -44,8 +44,9 @@ std::vector<PromptSet> demo_prompt_sets();
 // Every prompt of the sets, in order (the grids' columns).
 std::vector<std::string> demo_prompts();
 
-// The prompts without the activation phrase: where the style must not show, so any change there is a
-// burn sign. The diagnosis judges these; the styled prompts show whether the style arrived.
+// The prompts without the activation phrase — the sets' and three more subjects — where the style
+// must not show, so any change there is a burn sign. The diagnosis judges these; the styled prompts
+// show whether the style arrived.
 std::vector<std::string> demo_control_prompts();
 
 }  // namespace kiln

@@ -68,8 +68,19 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
 double change(double now, double base) { return base != 0 ? (now - base) / std::abs(base) : 0.0; }
 
 // Whether the fraction of cells with the asked colour and shape fell by more than the threshold.
+// A drifting text encoder changes colours before shapes, so the colour fraction counts on its own too.
 bool adherence_dropped(const ModelImageStats& s, const ModelImageStats& base, const DiagnosisThresholds& t) {
-  return s.adherence && base.adherence && base.adherence->both - s.adherence->both > t.adherence_drop;
+  return s.adherence && base.adherence &&
+         std::max(base.adherence->both - s.adherence->both, base.adherence->colour - s.adherence->colour) >
+             t.adherence_drop;
+}
+
+// "prompt adherence 90% -> 50%" (colour and shape right), or "... (colour)" when the colour fraction
+// fell further.
+std::string adherence_sign(const PromptAdherence& now, const PromptAdherence& base) {
+  if (base.colour - now.colour > base.both - now.both)
+    return fmt::format("prompt adherence (colour) {:.0f}% -> {:.0f}%", 100 * base.colour, 100 * now.colour);
+  return fmt::format("prompt adherence {:.0f}% -> {:.0f}%", 100 * base.both, 100 * now.both);
 }
 
 // The image burn signs of `s` against the base, as "saturation +38%" phrases.
@@ -162,8 +173,7 @@ std::string checkpoint_verdict(const CheckpointDiagnosis& c, const ModelImageSta
   // Drifting from the prompt is the text encoder's, unless it did not train.
   if (adherence_dropped(c.images, base, t))
     (te_trained || !unet_trained ? te_signs : unet_signs)
-        .push_back(fmt::format("prompt adherence {:.0f}% -> {:.0f}%", 100 * base.adherence->both,
-                               100 * c.images.adherence->both));
+        .push_back(adherence_sign(*c.images.adherence, *base.adherence));
   const auto part = [](const char* name, bool trained, const std::vector<std::string>& signs) {
     if (!signs.empty()) return fmt::format("{} over-trained: {}", name, fmt::join(signs, ", "));
     return fmt::format("{} {}", name, trained ? "within range" : "unchanged");
