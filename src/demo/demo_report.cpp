@@ -32,14 +32,7 @@ std::string read_file(const fs::path& path) {
 // An <img> with the file inline, or a note when the file is missing.
 std::string inline_image(const fs::path& path, const std::string& alt, const std::string& mime) {
   if (!fs::is_regular_file(path)) return fmt::format("<p class=\"warn\">missing: {}</p>\n", escape_xml(path.string()));
-  return fmt::format("<img src=\"data:{};base64,{}\" alt=\"{}\">\n", mime, base64_encode(read_file(path)),
-                     escape_xml(alt));
-}
-
-std::string inline_svg(std::string svg) {
-  static constexpr std::string_view kXmlns = " xmlns=\"http://www.w3.org/2000/svg\"";
-  if (const size_t pos = svg.find(kXmlns); pos != std::string::npos) svg.erase(pos, kXmlns.size());
-  return "<figure>" + svg + "</figure>\n";
+  return fmt::format("<img src=\"{}\" alt=\"{}\">\n", data_uri(path, mime), escape_xml(alt));
 }
 
 // The first `n` pictures of a folder, zoomed, as one row.

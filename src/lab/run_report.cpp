@@ -62,9 +62,6 @@ std::string read_file(const fs::path& path) {
   return buffer.str();
 }
 
-std::string data_uri(const fs::path& path, std::string_view mime) {
-  return fmt::format("data:{};base64,{}", mime, base64_encode(read_file(path)));
-}
 
 std::string human_size(uintmax_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -151,15 +148,6 @@ struct PlotSpec {
   bool only_when_present = false;
 };
 
-// Inline SVG in HTML needs no namespace (nor an XML declaration); dropping it leaves the page free of
-// any URL, which is what the offline check (no "http") looks for.
-std::string inline_svg(std::string svg) {
-  static constexpr std::string_view kXmlns = " xmlns=\"http://www.w3.org/2000/svg\"";
-  if (const size_t pos = svg.find(kXmlns); pos != std::string::npos) svg.erase(pos, kXmlns.size());
-  if (const size_t end = svg.find("?>"); svg.starts_with("<?xml") && end != std::string::npos)
-    svg.erase(0, svg.find_first_not_of(" \t\r\n", end + 2));
-  return "<figure>" + svg + "</figure>\n";
-}
 
 std::string plot(const Metrics& m, const PlotSpec& spec) {
   std::vector<Series> series;
@@ -468,6 +456,20 @@ pre { background: #f7f7f7; border: 1px solid #ddd; padding: 12px; overflow-x: au
 )";
 
 }  // namespace
+
+std::string data_uri(const fs::path& path, std::string_view mime) {
+  return fmt::format("data:{};base64,{}", mime, base64_encode(read_file(path)));
+}
+
+// Inline SVG in HTML needs no namespace (nor an XML declaration); dropping it leaves the page free of
+// any URL, which is what the offline check (no "http") looks for.
+std::string inline_svg(std::string svg) {
+  static constexpr std::string_view kXmlns = " xmlns=\"http://www.w3.org/2000/svg\"";
+  if (const size_t pos = svg.find(kXmlns); pos != std::string::npos) svg.erase(pos, kXmlns.size());
+  if (const size_t end = svg.find("?>"); svg.starts_with("<?xml") && end != std::string::npos)
+    svg.erase(0, svg.find_first_not_of(" \t\r\n", end + 2));
+  return "<figure>" + svg + "</figure>\n";
+}
 
 std::string run_report_html(const fs::path& run_dir) {
   const fs::path toml = run_dir / "run.toml";

@@ -21,4 +21,9 @@ std::string run_report_html(const std::filesystem::path& run_dir);
 // RFC 4648 base64, standard alphabet with '=' padding.
 std::string base64_encode(std::string_view bytes);
 
+// Pieces for other offline pages (the demo's): a file as a data: URI (kiln::Error naming an unreadable
+// file), and an SVG document as an inline <figure> (namespace and XML declaration dropped).
+std::string data_uri(const std::filesystem::path& path, std::string_view mime);
+std::string inline_svg(std::string svg);
+
 }  // namespace kiln
