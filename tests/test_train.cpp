@@ -462,7 +462,13 @@ TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {
     return std::string("no error");
   };
   EXPECT_EQ(message(text + "[unet]\nlearning_rate = 1\n"),
-            "r.toml: unet.learning_rate is not a setting of [unet] (see docs/run-file.md)");
+            "r.toml: unet.learning_rate is not a setting of [unet]; did you mean lr? (see docs/run-file.md)");
+  EXPECT_EQ(message(text + "[unet]\nwarmup_step = 1\n"),
+            "r.toml: unet.warmup_step is not a setting of [unet]; did you mean warmup_steps? (see docs/run-file.md)");
+  EXPECT_EQ(message(text + "[unet]\nbanana = 1\n"),
+            "r.toml: unet.banana is not a setting of [unet] (see docs/run-file.md)");
+  EXPECT_NE(message(text + "[trainig]\n").find("unknown section [trainig]; did you mean training?"),
+            std::string::npos);
   EXPECT_EQ(message(text + "[unet]\nlr = \"fast\"\n"), "r.toml: unet.lr must be a number");
   EXPECT_NE(message(text + "[sampling]\n").find("unknown section [sampling]"), std::string::npos);
   EXPECT_NE(message(text, {"unet.train=false", "text_encoder.train=false"}).find("nothing to train"),

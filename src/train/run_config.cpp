@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <toml++/toml.h>
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "train/lr_schedule.h"
 #include "train/optimizer_factory.h"
 #include "util/error.h"
+#include "util/spelling.h"
 
 namespace kiln {
 
@@ -146,6 +148,30 @@ void sections(V& v, RunConfig& c) {
   v.section("logging", c.logging);
 }
 
+// What other trainers (kohya sd-scripts, diffusers' scripts, EveryDream2) call kiln's keys.
+constexpr std::pair<std::string_view, std::string_view> kOtherTrainersNames[] = {
+    {"learning_rate", "lr"},           {"unet_lr", "lr"},
+    {"text_encoder_lr", "lr"},         {"lr_scheduler", "schedule"},
+    {"lr_warmup_steps", "warmup_steps"}, {"optimizer_type", "optimizer"},
+    {"train_batch_size", "batch_size"}, {"max_train_epochs", "epochs"},
+    {"num_train_epochs", "epochs"},    {"network_dim", "rank"},
+    {"network_alpha", "alpha"},        {"save_every_n_epochs", "every_epochs"},
+    {"save_precision", "dtype"},       {"caption_extension", "caption_extensions"},
+    {"shuffle_caption", "shuffle_tags"}, {"keep_tokens", "keep_tags"},
+    {"flip_aug", "random_flip"},       {"noise_offset", "offset"},
+    {"sample_sampler", "sampler"},     {"sample_prompts", "prompts"},
+    {"gradient_accumulation_steps", "gradient_accumulation"},
+};
+
+// "; did you mean lr?" for a misspelt key or another trainer's name for one, else "".
+std::string suggestion(const std::string& key, const std::vector<std::string>& known) {
+  for (const auto& [theirs, ours] : kOtherTrainersNames)
+    if (key == theirs && std::find(known.begin(), known.end(), ours) != known.end())
+      return fmt::format("; did you mean {}?", ours);
+  if (const auto close = closest_match(key, known)) return fmt::format("; did you mean {}?", *close);
+  return "";
+}
+
 class Reader {
  public:
   Reader(const toml::table& doc, std::string source) : doc_(doc), source_(std::move(source)) {}
@@ -163,7 +189,9 @@ class Reader {
     fields(*this, s);
     for (const auto& [key, value] : *table_)
       if (!known.count(std::string(key.str())))
-        fail(std::string(key.str()), "is not a setting of [" + name + "] (see docs/run-file.md)");
+        fail(std::string(key.str()), "is not a setting of [" + name + "]" +
+                                         suggestion(std::string(key.str()), {known.begin(), known.end()}) +
+                                         " (see docs/run-file.md)");
   }
 
   template <typename T>
@@ -176,10 +204,11 @@ class Reader {
   void finish() const {
     for (const auto& [key, value] : doc_)
       if (!known_sections_.count(std::string(key.str())))
-        throw Error(
-            fmt::format("{}: unknown section [{}] (model, data, text_encoder, unet, noise, loss, training, "
-                        "validation, checkpoints, samples, lora, logging)",
-                        source_, key.str()));
+        throw Error(fmt::format(
+            "{}: unknown section [{}]{} (model, data, text_encoder, unet, noise, loss, training, "
+            "validation, checkpoints, samples, lora, logging)",
+            source_, key.str(),
+            suggestion(std::string(key.str()), {known_sections_.begin(), known_sections_.end()})));
   }
 
  private:
