@@ -46,6 +46,10 @@ TEST_F(DemoTest, QuickDemoWritesEveryArtefact) {
   ASSERT_TRUE(fs::is_regular_file(base / "model_index.json"));
   EXPECT_NO_THROW(kiln::read_checkpoint(base));
   EXPECT_TRUE(fs::is_regular_file(out / "world.png"));
+  // The base's training run keeps its logs, not its scratch weights.
+  EXPECT_TRUE(fs::is_regular_file(out / "base-training" / "base-run" / "metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(out / "base-training" / "init"));
+  EXPECT_EQ(count_with_suffix(out / "base-training" / "base-run" / "checkpoints", ".state.safetensors"), 0);
 
   const std::string page = read_bytes(report);
   for (const auto& experiment : kiln::demo_experiments()) {

@@ -120,6 +120,11 @@ void train_demo_base(const DemoWorld& world, const fs::path& work_dir, const fs:
   fs::rename(result.checkpoints.back(), staged);
   fs::remove_all(out);
   fs::rename(staged, out);
+  // The base run's logs stay for its report; the initial weights and the resume state (several times
+  // the model's size) are of no further use.
+  fs::remove_all(init);
+  for (const auto& entry : fs::directory_iterator(run_dir / "checkpoints"))
+    if (entry.path().filename().string().ends_with(".state.safetensors")) fs::remove(entry.path());
 }
 
 }  // namespace kiln
