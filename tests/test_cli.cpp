@@ -350,6 +350,27 @@ TEST_F(CliTest, TrainThenResumeWithNewSettings) {
                " --set unet.learningrate=1");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("unet.learningrate is not a setting of [unet]"), std::string::npos) << r.output;
+
+  // An absurd rate (weights ~1e30 after the first update) makes the second step's loss non-finite:
+  // the run stops there, naming the step, and the finished run's checkpoints are untouched.
+  const auto before_bytes = kiln::test::read_bytes(run_dir / "checkpoints" / "e0003.safetensors");
+  const auto nan_run = dir_ / "nan";
+  r = run_kiln("train " + run_file.string() + " --out " + nan_run.string() +
+               " --init-from " + (run_dir / "checkpoints" / "e0003.safetensors").string() +
+               " --set unet.lr=1e30 --set unet.max_grad_norm=0 --set text_encoder.train=false");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("training stopped: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("at step 2 (epoch 1, batch 2)"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(nan_run / "checkpoints" / "e0001.safetensors"));
+  EXPECT_EQ(kiln::test::read_bytes(run_dir / "checkpoints" / "e0003.safetensors"), before_bytes);
+  // Skipping instead: every later step is dropped with a message and the run ends.
+  r = run_kiln("train " + run_file.string() + " --out " + (dir_ / "skip").string() +
+               " --set unet.lr=1e30 --set unet.max_grad_norm=0 --set text_encoder.train=false"
+               " --set training.on_nan=skip");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped: grad_norm/unet is "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("nan at step 2 (epoch 1, batch 2)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("nan at step 2 (epoch 2, batch 2)"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -74,6 +74,9 @@ struct LossSection {
 
 struct TrainingSection {
   uint64_t seed = 555;
+  // A loss or gradient that is NaN or infinite: "stop" the run at once (nothing is saved, the last
+  // checkpoint stays as it was) or "skip" that optimizer step and go on.
+  std::string on_nan = "stop";
   int64_t epochs = 10;
   double ema_decay =
       0.0;  // 0: off; e.g. 0.999: checkpoints of the weights' moving average beside the raw ones

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <set>
 
 #include "data/captions.h"
@@ -529,6 +530,24 @@ TrainResult Trainer::run() {
         const double max_norm = part.settings->max_grad_norm > 0 ? part.settings->max_grad_norm
                                                                  : std::numeric_limits<double>::infinity();
         values["grad_norm/" + part.name] = torch::nn::utils::clip_grad_norm_(part.trainable, max_norm);
+      }
+      // One bad step poisons every weight it touches: caught before the optimizer applies it.
+      if (const auto bad = std::find_if(values.begin(), values.end(),
+                                        [](const auto& v) { return !std::isfinite(v.second); });
+          bad != values.end()) {
+        const auto what = fmt::format("{} is {} at step {} (epoch {}, batch {})", bad->first, bad->second,
+                                      global_step_ + 1, epoch + 1, b + 1);
+        if (config_.training.on_nan != "skip")
+          throw Error(fmt::format("{}: training stopped: {}; nothing was saved and the last checkpoint is as it "
+                                  "was (lower the learning rate, or set training.on_nan = \"skip\")",
+                                  options_.run_dir.string(), what));
+        say("skipped: " + what);
+        for (auto& entry : optimizers_.entries) entry.optimizer->zero_grad();
+        step_loss = 0;
+        accumulated = 0;
+        images = 0;
+        step_started = std::chrono::steady_clock::now();
+        continue;
       }
       for (size_t o = 0; o < optimizers_.entries.size(); ++o) {
         auto& entry = optimizers_.entries[o];
