@@ -10,6 +10,7 @@
 
 #include "data/synthetic.h"
 #include "golden_compare.h"
+#include "test_support.h"
 #include "image/png.h"
 #include "io/checkpoint.h"
 #include "logging/metrics_log.h"
@@ -278,6 +279,63 @@ TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
   for (const auto& entry : state.entries())
     EXPECT_EQ(entry.name.find("text_encoder"), std::string::npos) << entry.name;
   EXPECT_EQ(state.metadata().at("kiln.trained_parts"), "unet");
+}
+
+// bf16 autocast (libtorch 1.13 runs it on the CPU): the loss follows the fp32 run's closely, the
+// trained weights stay fp32 (master weights), and the frozen text encoder and the VAE, stored at
+// bf16 during the run, reach the checkpoint bit-identical to the base.
+TEST_F(TrainTest, Bf16MixedPrecisionFollowsFp32AndKeepsFrozenPartsExact) {
+  const std::vector<std::string> common{"text_encoder.train=false", "training.epochs=2",
+                                        "checkpoints.every_epochs=0", "samples.prompts=''"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), common.begin(), common.end());
+    return config(extra);
+  };
+  run(with({}), dir_ / "fp32");
+  const auto result = run(with({"training.mixed_precision=bf16"}), dir_ / "bf16");
+  auto losses = [&](const char* name, const char* key) {
+    std::vector<double> out;
+    for (const auto& line : read_metrics_jsonl(dir_ / name / "metrics.jsonl"))
+      if (line.contains(key)) out.push_back(line[key]);
+    return out;
+  };
+  const auto fp32 = losses("fp32", "loss/step"), bf16 = losses("bf16", "loss/step");
+  ASSERT_EQ(fp32.size(), bf16.size());
+  ASSERT_GE(fp32.size(), 4u);
+  // bf16 keeps 8 bits of mantissa: the step losses stay within 5 % of fp32.
+  double worst = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    EXPECT_NEAR(bf16[i], fp32[i], 0.05 * fp32[i]) << "step " << i + 1;
+    EXPECT_NE(bf16[i], fp32[i]) << "step " << i + 1 << ": autocast was not on";
+    worst = std::max(worst, std::abs(bf16[i] / fp32[i] - 1));
+  }
+  std::cout << "bf16 vs fp32: largest relative step-loss difference " << worst << "\n";
+  const auto val32 = losses("fp32", "loss/val"), val16 = losses("bf16", "loss/val");
+  ASSERT_EQ(val32.size(), val16.size());
+  for (size_t i = 0; i < val32.size(); ++i) EXPECT_NEAR(val16[i], val32[i], 0.05 * val32[i]);
+
+  const auto trained = read_checkpoint(result.checkpoints.back(), test::tiny_config_path());
+  const auto base = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
+  for (const auto& [name, tensor] : base.text_encoder)
+    EXPECT_TRUE(torch::equal(trained.text_encoder.at(name), tensor.to(torch::kFloat32))) << name;
+  for (const auto& [name, tensor] : base.vae)
+    EXPECT_TRUE(torch::equal(trained.vae.at(name), tensor.to(torch::kFloat32))) << name;
+  EXPECT_FALSE(torch::equal(trained.unet.at("conv_in.weight"), base.unet.at("conv_in.weight")));
+  // The resume state holds fp32 master weights.
+  const auto state = SafeTensorsFile::open(dir_ / "bf16" / "checkpoints" / "e0002.state.safetensors");
+  EXPECT_EQ(state.tensor("weights.unet.conv_in.weight").scalar_type(), torch::kFloat32);
+}
+
+TEST_F(TrainTest, Fp16OnTheCpuIsRefusedBeforeAnyWork) {
+  const auto message = test::error_of([&] {
+    run(config({"training.mixed_precision=fp16", "training.epochs=1"}), dir_ / "fp16");
+  });
+  ASSERT_TRUE(message.has_value());
+  EXPECT_NE(message->find("fp16 needs a CUDA device"), std::string::npos) << *message;
+  EXPECT_FALSE(fs::exists(dir_ / "fp16" / "checkpoints"));
+  const auto bad = test::error_of([&] { config({"training.mixed_precision=fp8"}); });
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_NE(bad->find("training.mixed_precision must be no, bf16 or fp16"), std::string::npos) << *bad;
 }
 
 // Two runs that differ in learning rates or in which part trains see the same data, noise and

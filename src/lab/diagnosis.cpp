@@ -26,6 +26,7 @@ constexpr size_t kMaxBatch = 8;
 
 ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIPTokenizer& tokenizer,
                                  const DiagnosisRequest& r) {
+  to_device(models, r.device);
   Txt2Img txt2img(models, tokenizer);
   ModelImageStats out;
   int cells = 0;

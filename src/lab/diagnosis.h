@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/types.h>
 
 #include "lab/image_stats.h"
 #include "lab/prompt_adherence.h"
@@ -38,6 +39,7 @@ struct DiagnosisRequest {
   GenerationSettings settings;  // sampler, steps, cfg, size for every cell
   DiagnosisThresholds thresholds;
   bool swap_test = true;  // on the last checkpoint
+  torch::Device device = torch::kCPU;  // where the pictures are generated
 };
 
 struct ModelImageStats {

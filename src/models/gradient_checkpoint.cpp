@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "models/autocast.h"
+
 namespace kiln {
 
 namespace {
@@ -16,9 +18,29 @@ const CheckpointedBlock& block_in(const c10::IValue& capsule) {
   return static_cast<const BlockHolder*>(capsule.toCapsule().get())->block;
 }
 
+// The autocast state travels in the autograd context as a list of ints (saved_data holds IValues).
+c10::List<int64_t> pack(const AutocastState& s) {
+  return c10::List<int64_t>({s.cpu_enabled, static_cast<int64_t>(s.cpu_dtype), s.cuda_enabled,
+                             static_cast<int64_t>(s.cuda_dtype), s.cache_enabled});
+}
+
+AutocastState unpack(const c10::IValue& value) {
+  const auto v = value.toIntList();
+  AutocastState s;
+  s.cpu_enabled = v[0] != 0;
+  s.cpu_dtype = static_cast<torch::ScalarType>(v[1]);
+  s.cuda_enabled = v[2] != 0;
+  s.cuda_dtype = static_cast<torch::ScalarType>(v[3]);
+  s.cache_enabled = v[4] != 0;
+  return s;
+}
+
 // The reentrant scheme of torch.utils.checkpoint: forward without a graph; backward recomputes the
 // block with a graph on detached copies of the inputs and back-propagates through it, which
-// accumulates the parameters' gradients and yields the inputs'.
+// accumulates the parameters' gradients and yields the inputs'. Backward usually runs after the
+// AutocastGuard of the forward has closed, so the recomputation re-enters the autocast state the
+// forward saw; otherwise it would compute in fp32 (different numbers, or an error where a bf16
+// saved input meets an fp32 weight).
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, c10::IValue holder,
@@ -29,6 +51,15 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     for (const auto& t : inputs) needs_grad.push_back(t.defined() && t.requires_grad());
     ctx->saved_data["needs_grad"] = needs_grad;
     ctx->save_for_backward(inputs.vec());
+    const auto autocast = current_autocast_state();
+    ctx->saved_data["autocast"] = pack(autocast);
+    // libtorch 1.13 caches autocast's low-precision copies of the weights without looking at grad
+    // mode: a copy made here, under no_grad, would have no history, and a later use of the same
+    // weight in this autocast scope (the recomputation, when backward runs inside the scope) would
+    // get it and lose the weight's gradient. So this graph-less pass casts without the cache.
+    auto uncached = autocast;
+    uncached.cache_enabled = false;
+    AutocastStateGuard no_cache(uncached);
     torch::NoGradGuard no_grad;
     return {block_in(holder)(inputs.vec())};
   }
@@ -43,6 +74,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     torch::Tensor output;
     {
       torch::AutoGradMode enable(true);
+      AutocastStateGuard autocast(unpack(ctx->saved_data["autocast"]));
       output = block_in(ctx->saved_data["block"])(inputs);
     }
     torch::autograd::backward({output}, {grad_outputs[0]});

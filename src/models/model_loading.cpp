@@ -77,6 +77,13 @@ StableDiffusionModels build_models(const Checkpoint& checkpoint) {
   return models;
 }
 
+void to_device(const StableDiffusionModels& models, torch::Device device) {
+  auto placed = models;  // non-const handles to the same modules
+  placed.text_encoder->to(device);
+  placed.unet->to(device);
+  placed.vae->to(device);
+}
+
 Checkpoint checkpoint_from_models(const StableDiffusionModels& models) {
   auto copy = [](const torch::nn::Module& module) {
     StateDict dict;

@@ -37,4 +37,7 @@ StableDiffusionModels build_models(const Checkpoint& checkpoint);
 // The networks' weights as a checkpoint (copies, detached from the modules), ready to write.
 Checkpoint checkpoint_from_models(const StableDiffusionModels& models);
 
+// Moves the three networks (shared handles: every copy of `models` sees the move) to `device`.
+void to_device(const StableDiffusionModels& models, torch::Device device);
+
 }  // namespace kiln

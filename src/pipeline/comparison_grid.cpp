@@ -192,6 +192,7 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
     }
     model.models.unet->set_attention(r.attention);
     model.models.vae->set_attention(r.attention);
+    to_device(model.models, r.device);
     Txt2Img txt2img(model.models, model.tokenizer);
     for (Cell* cell : todo) {
       const int64_t before = steps_done;

@@ -35,6 +35,7 @@ struct GridRequest {
   bool gif = false;  // OUT/progress.gif: one labelled frame per checkpoint
   int gif_delay_ms = 800;
   AttentionOptions attention;
+  torch::Device device = torch::kCPU;
   std::vector<std::string> loras;  // "FILE[:ratio]" applied to every checkpoint (part of the cell key)
 };
 

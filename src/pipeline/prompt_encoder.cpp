@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "models/device.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -28,7 +29,7 @@ torch::Tensor PromptEncoder::encode(std::string_view prompt) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> parts;
   for (const auto& chunk : chunks(prompt)) {
-    auto ids = torch::tensor(chunk.ids, torch::kInt64).unsqueeze(0);
+    auto ids = torch::tensor(chunk.ids, torch::kInt64).unsqueeze(0).to(module_device(*text_encoder_));
     auto z = text_encoder_->encode(ids, options_.clip_skip);
     const bool weighted =
         std::any_of(chunk.weights.begin(), chunk.weights.end(), [](float w) { return w != 1.0f; });

@@ -6,6 +6,7 @@
 
 #include "diffusion/sampler.h"
 #include "diffusion/seeded_noise.h"
+#include "models/device.h"
 
 namespace kiln {
 
@@ -35,11 +36,12 @@ torch::Tensor Txt2Img::sample_latents(const GenerationSettings& s, const StepCal
   SeededNoise noise(s.seed, s.batch);
   const int64_t channels = models_.unet->config().in_channels;
   const std::vector<int64_t> latent_shape{channels, s.height / 8, s.width / 8};
-  auto x = noise.randn(latent_shape) * sampler->init_noise_sigma();
+  const auto device = module_device(*models_.unet);
+  auto x = noise.randn(latent_shape).to(device) * sampler->init_noise_sigma();
   const auto total = static_cast<int64_t>(sampler->steps());
   if (on_step) on_step(0, total);
   for (size_t i = 0; i < sampler->steps(); ++i) {
-    const auto t = torch::full({x.size(0)}, sampler->timesteps()[i], torch::kFloat32);
+    const auto t = torch::full({x.size(0)}, sampler->timesteps()[i], torch::TensorOptions().dtype(torch::kFloat32).device(device));
     torch::Tensor eps;
     if (!guided) {
       eps = models_.unet->forward(sampler->scale_model_input(x, i), t, cond);
@@ -54,7 +56,7 @@ torch::Tensor Txt2Img::sample_latents(const GenerationSettings& s, const StepCal
       eps = out_uncond + s.cfg * (out_cond - out_uncond);
     }
     torch::Tensor step_noise;
-    if (sampler->uses_noise()) step_noise = noise.randn(latent_shape);
+    if (sampler->uses_noise()) step_noise = noise.randn(latent_shape).to(device);
     x = sampler->step(eps, i, x, step_noise);
     if (on_step) on_step(static_cast<int64_t>(i) + 1, total);
   }
@@ -66,7 +68,8 @@ std::vector<Image> Txt2Img::decode(const torch::Tensor& latents) {
   models_.vae->eval();
   std::vector<Image> images;
   for (int64_t b = 0; b < latents.size(0); ++b) {
-    auto pixels = models_.vae->decode(latents.slice(0, b, b + 1) / models_.vae->scaling_factor());
+    const auto latent = latents.slice(0, b, b + 1).to(module_device(*models_.vae), module_dtype(*models_.vae));
+    auto pixels = models_.vae->decode(latent / models_.vae->scaling_factor());
     images.push_back(image_from_tensor(pixels[0]));
   }
   return images;

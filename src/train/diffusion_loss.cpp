@@ -19,7 +19,9 @@ std::string prediction_name(Prediction prediction) {
 namespace {
 // ᾱ_t per sample, shaped [B, 1, 1, 1] to broadcast over latents.
 torch::Tensor alpha_bar(const NoiseSchedule& schedule, const torch::Tensor& timesteps, int64_t dims) {
-  auto a = schedule.alphas_cumprod.index_select(0, timesteps.to(torch::kLong).flatten());
+  // The schedule's table lives on the CPU; the coefficients go where the latents are.
+  auto a = schedule.alphas_cumprod.index_select(0, timesteps.to(torch::kCPU, torch::kLong).flatten())
+               .to(timesteps.device());
   std::vector<int64_t> shape(static_cast<size_t>(dims), 1);
   shape[0] = a.size(0);
   return a.reshape(shape);
@@ -39,7 +41,8 @@ torch::Tensor velocity(const NoiseSchedule& schedule, const torch::Tensor& x0, c
 }
 
 torch::Tensor signal_to_noise(const NoiseSchedule& schedule, const torch::Tensor& timesteps) {
-  const auto a = schedule.alphas_cumprod.index_select(0, timesteps.to(torch::kLong).flatten());
+  const auto a = schedule.alphas_cumprod.index_select(0, timesteps.to(torch::kCPU, torch::kLong).flatten())
+                     .to(timesteps.device());
   return a / (1 - a);
 }
 

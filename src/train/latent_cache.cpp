@@ -10,6 +10,7 @@
 #include "data/buckets.h"
 #include "data/image_file.h"
 #include "io/safetensors.h"
+#include "models/device.h"
 #include "train/run_seeds.h"
 #include "util/error.h"
 #include "util/sha256.h"
@@ -64,7 +65,10 @@ DiagonalGaussian LatentCache::get(const TrainingItem& item, bool flip) {
     latent.logvar = stored.tensor("logvar").clone();
   } else {
     torch::NoGradGuard no_grad;
-    latent = vae_->encode(training_pixels(item, flip, random_crop_, crop_seed));
+    // Encoded where the VAE is; the cache itself stays in CPU memory, off the GPU.
+    latent = vae_->encode(training_pixels(item, flip, random_crop_, crop_seed).to(module_device(*vae_), module_dtype(*vae_)));
+    latent.mean = latent.mean.to(torch::kCPU, torch::kFloat32);
+    latent.logvar = latent.logvar.to(torch::kCPU, torch::kFloat32);
     ++encoded_;
     if (!file.empty()) save_safetensors(file, {{"mean", latent.mean}, {"logvar", latent.logvar}});
   }

@@ -87,6 +87,7 @@ void fields(V& v, LossSection& s) {
 template <typename V>
 void fields(V& v, TrainingSection& s) {
   v("on_nan", s.on_nan);
+  v("mixed_precision", s.mixed_precision);
   v("seed", s.seed);
   v("epochs", s.epochs);
   v("ema_decay", s.ema_decay);
@@ -430,6 +431,9 @@ void validate(const RunConfig& c, const std::string& source) {
     fail("noise.min_timestep/max_timestep must satisfy 0 <= min < max <= 1000");
   if (c.training.epochs < 1) fail("training.epochs must be at least 1");
   if (c.training.on_nan != "stop" && c.training.on_nan != "skip") fail("training.on_nan must be stop or skip");
+  if (c.training.mixed_precision != "no" && c.training.mixed_precision != "bf16" &&
+      c.training.mixed_precision != "fp16")
+    fail("training.mixed_precision must be no, bf16 or fp16");
   if (c.training.ema_decay < 0 || c.training.ema_decay >= 1) fail("training.ema_decay must be in [0, 1)");
   if (c.validation.split < 0 || c.validation.split >= 1) fail("validation.split must be in [0, 1)");
   if (c.checkpoints.dtype != "fp16" && c.checkpoints.dtype != "fp32" && c.checkpoints.dtype != "bf16")

@@ -77,6 +77,10 @@ struct TrainingSection {
   // A loss or gradient that is NaN or infinite: "stop" the run at once (nothing is saved, the last
   // checkpoint stays as it was) or "skip" that optimizer step and go on.
   std::string on_nan = "stop";
+  // Forward passes under autocast at this precision ("no" | "bf16" | "fp16"); weights that train and
+  // the optimizer's maths stay fp32, frozen parts are stored at this precision. fp16 adds dynamic
+  // loss scaling and needs a CUDA device.
+  std::string mixed_precision = "no";
   int64_t epochs = 10;
   double ema_decay =
       0.0;  // 0: off; e.g. 0.999: checkpoints of the weights' moving average beside the raw ones

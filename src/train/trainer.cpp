@@ -14,12 +14,16 @@
 #include "image/png.h"
 #include "io/checkpoint.h"
 #include "logging/metrics_log.h"
+#include "models/autocast.h"
+#include "models/device.h"
 #include "pipeline/a1111_parameters.h"
 #include "pipeline/loaded_model.h"
 #include "pipeline/prompt_file.h"
 #include "pipeline/txt2img.h"
 #include "train/diffusion_loss.h"
+#include "train/distributed.h"
 #include "train/ema.h"
+#include "train/grad_scaler.h"
 #include "train/latent_cache.h"
 #include "train/lora_adapter.h"
 #include "train/lr_schedule.h"
@@ -111,6 +115,18 @@ class Trainer {
   std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
   void set_train_mode(bool training);
+  void place_models();
+  void cache_all_latents();
+  Checkpoint current_checkpoint() const;
+  // Ctrl-C on any rank stops every rank after the same step.
+  bool stop_requested() const {
+    const bool here = options_.stop_requested && options_.stop_requested();
+    return options_.group ? options_.group->any(here) : here;
+  }
+  bool is_main() const { return !options_.group || options_.group->is_main(); }
+  int world_size() const { return options_.group ? options_.group->world_size() : 1; }
+  int rank() const { return options_.group ? options_.group->rank() : 0; }
+  AutocastGuard autocast() const { return AutocastGuard(options_.device.type(), precision_); }
 
   RunConfig config_;
   TrainOptions options_;
@@ -128,7 +144,76 @@ class Trainer {
   TrainResult result_;
   int64_t global_step_ = 0;
   int64_t start_epoch_ = 0, start_batch_ = 0;
+  MixedPrecision precision_ = MixedPrecision::No;
+  std::optional<GradScaler> scaler_;  // fp16 only
+  // Parts kept at half precision because they do not train, as loaded: checkpoints write these, so
+  // a frozen part stays bit-identical to the base model.
+  std::map<std::string, StateDict> frozen_originals_;
 };
+
+// Moves the networks to the training device; under mixed precision, the parts that do not train
+// (the VAE always; the text encoder or UNet when switched off and no LoRA patches them) are stored
+// at the half precision, which halves their memory.
+void Trainer::place_models() {
+  auto& models = model_->models;
+  const auto half = compute_dtype(precision_);
+  const bool te_frozen = !config_.text_encoder.train && !config_.lora.enabled;
+  const bool unet_frozen = !config_.unet.train && !config_.lora.enabled;
+  if (precision_ != MixedPrecision::No) {
+    const auto loaded = checkpoint_from_models(models);
+    frozen_originals_["vae"] = loaded.vae;
+    if (te_frozen) frozen_originals_[kTextEncoder] = loaded.text_encoder;
+    if (unet_frozen) frozen_originals_[kUNet] = loaded.unet;
+  }
+  auto place = [&](torch::nn::Module& module, bool frozen) {
+    if (precision_ != MixedPrecision::No && frozen)
+      module.to(options_.device, half);
+    else
+      module.to(options_.device);
+  };
+  place(*models.vae, true);
+  place(*models.text_encoder, te_frozen);
+  place(*models.unet, unet_frozen);
+}
+
+// Every latent the run will need, up front (both flips when flipping): the ranks share the work
+// through the cache folder. After that the VAE is only needed to decode samples, so on a GPU it
+// leaves the device's memory until then.
+void Trainer::cache_all_latents() {
+  std::vector<std::pair<const TrainingItem*, bool>> todo;
+  std::set<int64_t> seen;
+  for (const auto* items : {&data_.train, &data_.validation})
+    for (const auto& item : *items)
+      if (seen.insert(item.image_index * 2).second) {
+        todo.emplace_back(&item, false);
+        if (config_.data.random_flip && items == &data_.train) todo.emplace_back(&item, true);
+      }
+  std::ostream null_stream(nullptr);
+  ProgressBar progress(options_.console ? *options_.console : null_stream, "latents",
+                       static_cast<int64_t>(todo.size()), "pictures");
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < todo.size(); ++i) {
+      if (static_cast<int>(i % static_cast<size_t>(world_size())) == rank())
+        cache_->get(*todo[i].first, todo[i].second);
+      progress.update(static_cast<int64_t>(i) + 1);
+    }
+  }
+  progress.finish(fmt::format("{} encoded, the rest from {}", cache_->encoded(),
+                              (options_.run_dir / "latent-cache").string()));
+  if (options_.group) options_.group->barrier();
+  if (options_.device.is_cuda()) model_->models.vae->to(torch::kCPU);
+}
+
+Checkpoint Trainer::current_checkpoint() const {
+  auto checkpoint = checkpoint_from_models(model_->models);
+  for (const auto& [part, tensors] : frozen_originals_) {
+    if (part == "vae") checkpoint.vae = tensors;
+    if (part == kTextEncoder) checkpoint.text_encoder = tensors;
+    if (part == kUNet) checkpoint.unet = tensors;
+  }
+  return checkpoint;
+}
 
 void Trainer::setup_parts() {
   auto& models = model_->models;
@@ -189,7 +274,9 @@ torch::Tensor Trainer::encode_captions(const std::vector<std::string>& captions,
     const auto one = model_->tokenizer.encode_sd(caption);
     ids.insert(ids.end(), one.begin(), one.end());
   }
-  auto input = torch::tensor(ids, torch::kInt64).reshape({static_cast<int64_t>(captions.size()), -1});
+  auto input = torch::tensor(ids, torch::kInt64)
+                   .reshape({static_cast<int64_t>(captions.size()), -1})
+                   .to(options_.device);
   if (with_grad) return model_->models.text_encoder->encode(input, config_.text_encoder.clip_skip);
   torch::NoGradGuard no_grad;
   return model_->models.text_encoder->encode(input, config_.text_encoder.clip_skip);
@@ -208,19 +295,23 @@ double Trainer::fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_
   double total = 0;
   for (size_t k = 0; k < items.size(); ++k) {
     const auto& item = items[k];
-    const auto x0 = (cache_->get(item, false).mean * scale).expand({per_item, -1, -1, -1});
+    const auto x0 = (cache_->get(item, false).mean * scale).expand({per_item, -1, -1, -1}).to(options_.device);
     auto generator = make_generator(config_.training.seed, RandomStream::Validation, stream, k);
-    const auto noise = torch::randn(x0.sizes(), generator);
+    const auto noise = torch::randn(x0.sizes(), generator).to(options_.device);
     std::vector<int64_t> t;
     const double span = static_cast<double>(config_.noise.max_timestep - config_.noise.min_timestep);
     for (int64_t j = 0; j < per_item; ++j)
       t.push_back(config_.noise.min_timestep +
                   static_cast<int64_t>((static_cast<double>(j) + 0.5) * span / per_item));
-    const auto timesteps = torch::tensor(t, torch::kInt64);
-    const auto context =
-        encode_captions({process(item, config_.data, false, 0)}, false).expand({per_item, -1, -1});
-    const auto pred =
-        model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+    const auto timesteps = torch::tensor(t, torch::kInt64).to(options_.device);
+    torch::Tensor pred;
+    {
+      const auto guard = autocast();
+      const auto context =
+          encode_captions({process(item, config_.data, false, 0)}, false).expand({per_item, -1, -1});
+      pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+    }
+    pred = pred.to(torch::kFloat32);
     const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
     total += diffusion_loss(schedule_, pred, target, timesteps, {prediction, config_.loss.min_snr_gamma})
                  .item<double>();
@@ -230,6 +321,7 @@ double Trainer::fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_
 }
 
 void Trainer::evaluate(int64_t epoch) {
+  if (!is_main()) return;
   std::map<std::string, double> values;
   if (!data_.validation.empty()) values["loss/val"] = fixed_noise_loss(data_.validation, 1);
   if (!stabilize_items_.empty()) values["loss/stabilize-train"] = fixed_noise_loss(stabilize_items_, 2);
@@ -259,6 +351,8 @@ void Trainer::write_samples(const std::string& name) {
   fs::create_directories(dir);
   torch::NoGradGuard no_grad;
   if (lora_) lora_->inject();
+  const auto guard = autocast();
+  model_->models.vae->to(options_.device);  // offloaded after caching latents (GPU)
   Txt2Img txt2img(model_->models, model_->tokenizer);
   ModelIdentity identity{name, ""};
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -269,10 +363,13 @@ void Trainer::write_samples(const std::string& name) {
                 {{"parameters", format_a1111_parameters(prompts[i], seed, identity)}});
     }
   }
+  if (options_.device.is_cuda() && config_.data.cache_latents) model_->models.vae->to(torch::kCPU);
   set_train_mode(true);
 }
 
 void Trainer::save(int64_t epoch, int64_t batch) {
+  // The other ranks wait at the next collective (or the closing barrier) while the main one writes.
+  if (!is_main()) return;
   const auto dir = options_.run_dir / "checkpoints";
   fs::create_directories(dir);
   const auto name = epoch_name(epoch, batch);
@@ -283,7 +380,7 @@ void Trainer::save(int64_t epoch, int64_t batch) {
     save_lora_checkpoint(path, name, epoch, batch, settings);
     return;
   }
-  auto checkpoint = checkpoint_from_models(model_->models);
+  auto checkpoint = current_checkpoint();
   checkpoint.metadata["kiln.run_config"] = settings;
   checkpoint.metadata["kiln.epoch"] = std::to_string(epoch);
   checkpoint.metadata["kiln.global_step"] = std::to_string(global_step_);
@@ -295,7 +392,7 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   if (has_ema) {
     for (auto& part : parts_)
       if (part.ema) part.ema->swap_in();
-    auto averaged = checkpoint_from_models(model_->models);
+    auto averaged = current_checkpoint();
     for (auto& part : parts_)
       if (part.ema) part.ema->swap_out();
     averaged.metadata = checkpoint.metadata;
@@ -326,6 +423,8 @@ void Trainer::finish_save(const fs::path& path, const std::string& name, StateDi
   for (const auto& entry : optimizers_.entries)
     for (const auto& [key, tensor] : entry.optimizer->state())
       state["optimizer." + entry.state_prefix + "." + key] = tensor;
+  if (scaler_)
+    for (const auto& [key, tensor] : scaler_->state()) state["grad_scaler." + key] = tensor;
   SafeTensorsWriteOptions write;
   write.metadata = {{"kiln.epoch", std::to_string(epoch)},
                     {"kiln.batch", std::to_string(batch)},
@@ -401,6 +500,13 @@ void Trainer::restore(const fs::path& state_file) {
     // A part that starts training at this resume (or changes optimizer) starts with fresh state.
     if (!optimizer_state.empty()) optimizer.optimizer->load_state(optimizer_state);
   }
+  if (scaler_) {
+    StateDict scaler_state;
+    for (const auto& entry : state.entries())
+      if (entry.name.starts_with("grad_scaler."))
+        scaler_state[entry.name.substr(std::string("grad_scaler.").size())] = state.tensor(entry.name);
+    if (!scaler_state.empty()) scaler_->load_state(scaler_state);
+  }
   for (auto& part : parts_) {
     // An average that was saved continues; one switched on at this resume starts from the weights.
     StateDict ema_state;
@@ -423,8 +529,15 @@ TrainResult Trainer::run() {
   if (!config_.samples.prompts.empty()) sample_prompts();
   std::optional<fs::path> model_config;
   if (!config_.model.config.empty()) model_config = config_.model.config;
+  precision_ = parse_mixed_precision(config_.training.mixed_precision);
+  check_mixed_precision_supported(options_.device.type(), precision_);
+  if (precision_ == MixedPrecision::FP16) scaler_.emplace();
   say("loading " + base.string());
   model_.emplace(load_model(base, model_config, false));
+  place_models();
+  if (options_.device != torch::kCPU || precision_ != MixedPrecision::No || world_size() > 1)
+    say(fmt::format("device {}, mixed precision {}, {} process(es)", device_name(options_.device),
+                    mixed_precision_name(precision_), world_size()));
   std::ostringstream warnings;
   data_ = prepare_training_data(config_, warnings);
   if (!warnings.str().empty()) say(warnings.str());
@@ -433,10 +546,19 @@ TrainResult Trainer::run() {
   cache_ = std::make_unique<LatentCache>(
       config_.data.cache_latents ? options_.run_dir / "latent-cache" : fs::path(), model_->models.vae,
       config_.data.crop == "random", config_.training.seed);
+  if (config_.data.cache_latents) cache_all_latents();
   setup_parts();
   if (options_.resume) restore(latest_state(options_.run_dir));
-  write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
-  log_ = std::make_unique<MetricsLog>(options_.run_dir, config_.logging.tensorboard);
+  std::vector<torch::Tensor> trainable;
+  for (const auto& part : parts_) trainable.insert(trainable.end(), part.trainable.begin(), part.trainable.end());
+  if (options_.group) {
+    torch::NoGradGuard no_grad;
+    options_.group->broadcast_from_main(trainable);  // every rank starts from the very same weights
+  }
+  if (is_main()) {
+    write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
+    log_ = std::make_unique<MetricsLog>(options_.run_dir, config_.logging.tensorboard);
+  }
 
   // The stabilised training loss watches a fixed, seeded choice of training pictures.
   {
@@ -452,8 +574,11 @@ TrainResult Trainer::run() {
   }
 
   const auto& d = config_.data;
-  const int64_t batches_per_epoch =
-      static_cast<int64_t>(epoch_batches(data_.train, d.batch_size, config_.training.seed, 0).size());
+  // Batches are drawn at the global size, so N processes with batch b see what one process with
+  // batch N·b would: the same items, captions and noise.
+  const int64_t global_batch_size = d.batch_size * world_size();
+  const int64_t batches_per_epoch = static_cast<int64_t>(
+      epoch_batches(data_.train, global_batch_size, config_.training.seed, 0).size());
   const int64_t steps_per_epoch = (batches_per_epoch + d.gradient_accumulation - 1) / d.gradient_accumulation;
   const int64_t total_steps = steps_per_epoch * config_.training.epochs;
   for (const auto& entry : optimizers_.entries) {
@@ -465,7 +590,8 @@ TrainResult Trainer::run() {
 
   set_train_mode(true);
   if (start_epoch_ == 0 && start_batch_ == 0 && global_step_ == 0) evaluate(0);
-  ProgressBar progress(options_.console ? *options_.console : std::cerr, "train",
+  std::ostream null_stream(nullptr);
+  ProgressBar progress(options_.console ? *options_.console : is_main() ? std::cerr : null_stream, "train",
                        std::max<int64_t>(0, total_steps - global_step_));
   const int64_t session_start_step = global_step_;
   const auto prediction = parse_prediction(config_.model.prediction);
@@ -473,18 +599,23 @@ TrainResult Trainer::run() {
   const auto scale = model_->models.vae->scaling_factor();
 
   for (int64_t epoch = start_epoch_; epoch < config_.training.epochs; ++epoch) {
-    const auto batches = epoch_batches(data_.train, d.batch_size, config_.training.seed, epoch);
+    const auto batches = epoch_batches(data_.train, global_batch_size, config_.training.seed, epoch);
     double epoch_loss = 0;
-    int64_t epoch_batches_done = 0;
-    double step_loss = 0;
+    int64_t epoch_steps_done = 0;
+    double step_loss = 0;  // this rank's share of the mean loss of the accumulated batches
     int64_t accumulated = 0, images = 0;
     auto step_started = std::chrono::steady_clock::now();
     const int64_t first_batch = epoch == start_epoch_ ? start_batch_ : 0;
     for (int64_t b = first_batch; b < static_cast<int64_t>(batches.size()); ++b) {
-      const auto& batch = batches[static_cast<size_t>(b)];
+      const auto& global_batch = batches[static_cast<size_t>(b)];
+      const auto global_n = static_cast<int64_t>(global_batch.size());
+      // This rank's contiguous slice of the global batch (empty for a short last batch).
+      const int64_t begin = std::min<int64_t>(global_n, rank() * d.batch_size);
+      const int64_t end = std::min<int64_t>(global_n, begin + d.batch_size);
       std::vector<std::string> captions;
       std::vector<torch::Tensor> means, stds;
-      for (const auto index : batch) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto index = global_batch[static_cast<size_t>(i)];
         const auto& item = data_.train[index];
         const bool flip =
             d.random_flip &&
@@ -496,34 +627,76 @@ TrainResult Trainer::run() {
             item, d, true,
             derive_seed(config_.training.seed, RandomStream::Caption, static_cast<uint64_t>(epoch), index)));
       }
-      const auto mean = torch::cat(means), std = torch::cat(stds);
-      // Every draw of this batch from one generator at (epoch, batch), in a fixed order.
-      auto generator = make_generator(config_.training.seed, RandomStream::Noise,
-                                      static_cast<uint64_t>(epoch), static_cast<uint64_t>(b));
-      const auto latent_noise = torch::randn(mean.sizes(), generator);
-      auto noise = torch::randn(mean.sizes(), generator);
-      const auto timesteps = torch::randint(config_.noise.min_timestep, config_.noise.max_timestep,
-                                            {mean.size(0)}, generator, torch::kLong);
-      const auto offset = torch::randn({mean.size(0), mean.size(1), 1, 1}, generator);
-      if (config_.noise.offset > 0) noise = noise + config_.noise.offset * offset;
-      const auto x0 = (mean + std * latent_noise) * scale;
+      if (!means.empty()) {
+        const auto mean = torch::cat(means), std = torch::cat(stds);
+        // Every draw of the global batch from one generator at (epoch, batch), in a fixed order; each
+        // rank keeps its rows.
+        std::vector<int64_t> shape = mean.sizes().vec();
+        shape[0] = global_n;
+        auto generator = make_generator(config_.training.seed, RandomStream::Noise,
+                                        static_cast<uint64_t>(epoch), static_cast<uint64_t>(b));
+        const auto rows = [&](const torch::Tensor& all) { return all.slice(0, begin, end).to(options_.device); };
+        const auto latent_noise = rows(torch::randn(shape, generator));
+        auto noise = rows(torch::randn(shape, generator));
+        const auto timesteps =
+            rows(torch::randint(config_.noise.min_timestep, config_.noise.max_timestep, {global_n}, generator,
+                                torch::kLong));
+        const auto offset = rows(torch::randn({global_n, shape[1], 1, 1}, generator));
+        if (config_.noise.offset > 0) noise = noise + config_.noise.offset * offset;
+        const auto x0 = (mean.to(options_.device) + std.to(options_.device) * latent_noise) * scale;
 
-      if (lora_) lora_->inject(global_step_);  // this step's W₀ + (α/r)·U·D, with a graph to U and D
-      const auto context =
-          encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
-      const auto pred =
-          model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
-      const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
-      const auto loss = diffusion_loss(schedule_, pred, target, timesteps, loss_options);
-      (loss / static_cast<double>(d.gradient_accumulation)).backward();
-      step_loss += loss.item<double>();
-      epoch_loss += loss.item<double>();
-      ++epoch_batches_done;
+        if (lora_) lora_->inject(global_step_);  // this step's W₀ + (α/r)·U·D, with a graph to U and D
+        torch::Tensor pred;
+        {
+          const auto guard = autocast();
+          const auto context =
+              encode_captions(captions, config_.text_encoder.train && parts_[0].optimizer != nullptr);
+          pred = model_->models.unet->forward(add_noise(schedule_, x0, noise, timesteps), timesteps, context);
+        }
+        const auto target = training_target(schedule_, prediction, x0, noise, timesteps);
+        const auto loss = diffusion_loss(schedule_, pred.to(torch::kFloat32), target, timesteps, loss_options);
+        // Weighted by this rank's share of the batch: summed over ranks, the gradients are the
+        // gradient of the whole batch's mean loss.
+        const double share = static_cast<double>(end - begin) / static_cast<double>(global_n);
+        auto objective = loss * (share / static_cast<double>(d.gradient_accumulation));
+        if (scaler_) objective = scaler_->scale(objective);
+        objective.backward();
+        step_loss += loss.item<double>() * share;
+      }
       ++accumulated;
-      images += static_cast<int64_t>(batch.size());
+      images += global_n;
       const bool last = b + 1 == static_cast<int64_t>(batches.size());
       if (accumulated < d.gradient_accumulation && !last) continue;
 
+      if (options_.group) {
+        // A parameter no rank produced a gradient for (unused at this CLIP skip, say) stays without
+        // one, as in a single process, so the optimizer skips it there too.
+        auto has_grad = torch::zeros({static_cast<int64_t>(trainable.size())}, torch::kFloat32);
+        for (size_t i = 0; i < trainable.size(); ++i)
+          if (trainable[i].grad().defined()) has_grad[static_cast<int64_t>(i)] = 1.0f;
+        options_.group->all_reduce_sum(has_grad);
+        options_.group->all_reduce_gradients(trainable);
+        for (size_t i = 0; i < trainable.size(); ++i)
+          if (has_grad[static_cast<int64_t>(i)].item<float>() == 0.0f) trainable[i].mutable_grad().reset();
+        auto reduced = torch::tensor({step_loss}, torch::kFloat64);
+        options_.group->all_reduce_sum(reduced);
+        step_loss = reduced.item<double>();
+      }
+      // fp16: gradients that overflowed at this loss scale skip the step and lower the scale.
+      if (scaler_) {
+        const bool finite = scaler_->unscale(trainable);
+        scaler_->update(finite);
+        if (!finite) {
+          say(fmt::format("fp16 overflow at step {}: step skipped, loss scale now {}", global_step_ + 1,
+                          scaler_->current_scale()));
+          for (auto& entry : optimizers_.entries) entry.optimizer->zero_grad();
+          step_loss = 0;
+          accumulated = 0;
+          images = 0;
+          step_started = std::chrono::steady_clock::now();
+          continue;
+        }
+      }
       std::map<std::string, double> values{{"loss/step", step_loss / static_cast<double>(accumulated)}};
       for (auto& part : parts_) {
         if (!part.optimizer) continue;
@@ -564,10 +737,13 @@ TrainResult Trainer::run() {
       for (auto& part : parts_)
         if (part.ema) part.ema->update();
       ++global_step_;
+      if (options_.after_step) options_.after_step(global_step_, trainable);
+      epoch_loss += step_loss;
+      epoch_steps_done += accumulated;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
       values["performance/images_per_second"] = static_cast<double>(images) / std::max(seconds, 1e-9);
-      if (global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0)
+      if (log_ && global_step_ % std::max<int64_t>(1, config_.logging.every_steps) == 0)
         log_->log(global_step_, values, epoch + 1);
       std::string rates;
       for (const auto& part : parts_)
@@ -582,7 +758,7 @@ TrainResult Trainer::run() {
       accumulated = 0;
       images = 0;
       step_started = std::chrono::steady_clock::now();
-      if (options_.stop_requested && options_.stop_requested() && !last) {
+      if (stop_requested() && !last) {
         progress.finish("interrupted");
         save(epoch, b + 1);
         result_.interrupted = true;
@@ -592,14 +768,14 @@ TrainResult Trainer::run() {
       }
     }
     const int64_t done = epoch + 1;
-    log_->log(global_step_, {{"loss/epoch", epoch_loss / std::max<int64_t>(1, epoch_batches_done)}}, done);
+    if (log_) log_->log(global_step_, {{"loss/epoch", epoch_loss / std::max<int64_t>(1, epoch_steps_done)}}, done);
     const auto& c = config_.checkpoints;
     const bool listed = std::find(c.epochs.begin(), c.epochs.end(), done) != c.epochs.end();
     const bool periodic = c.every_epochs > 0 && done >= c.from_epoch && done % c.every_epochs == 0;
     const bool validate_now =
         config_.validation.every_epochs > 0 && done % config_.validation.every_epochs == 0;
     if (validate_now || done == config_.training.epochs) evaluate(done);
-    const bool stop = options_.stop_requested && options_.stop_requested();
+    const bool stop = stop_requested();
     if (listed || periodic || done == config_.training.epochs || stop) save(done, 0);
     if (stop) {
       result_.interrupted = done < config_.training.epochs;
@@ -610,6 +786,7 @@ TrainResult Trainer::run() {
     }
   }
   progress.finish();
+  if (options_.group) options_.group->barrier();  // the main rank's last save is complete
   result_.epochs_done = config_.training.epochs;
   result_.global_step = global_step_;
   return result_;

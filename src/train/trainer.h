@@ -16,9 +16,13 @@
 #include <ostream>
 #include <vector>
 
+#include <torch/types.h>
+
 #include "train/run_config.h"
 
 namespace kiln {
+
+class DataParallelGroup;
 
 struct TrainOptions {
   std::filesystem::path run_dir;
@@ -27,6 +31,14 @@ struct TrainOptions {
   std::ostream* console = nullptr;                 // progress and messages (null: quiet)
   // Polled between optimizer steps; true saves a checkpoint and stops (Ctrl-C).
   std::function<bool()> stop_requested;
+  torch::Device device = torch::kCPU;  // where the networks train (latents stay cached in CPU memory)
+  // This process's data-parallel group (null: one process). data.batch_size is per process: each
+  // global batch of batch_size × world_size items is split across the ranks, gradients are summed
+  // before every update, and only the main rank writes checkpoints, samples and logs.
+  DataParallelGroup* group = nullptr;
+  // Called on every rank after each optimizer step with the trained tensors (weights or LoRA
+  // matrices) in a fixed order: for monitoring, and for tests that compare ranks step by step.
+  std::function<void(int64_t global_step, const std::vector<torch::Tensor>& trained)> after_step;
 };
 
 struct TrainResult {

@@ -9,9 +9,11 @@
 
 namespace kiln {
 
-int configure_threads() {
+int configure_threads(int requested) {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("KILN_THREADS")) {
+  if (requested > 0) {
+    threads = requested;
+  } else if (const char* env = std::getenv("KILN_THREADS")) {
     try {
       threads = std::stoi(env);
     } catch (const std::exception&) {

@@ -5,9 +5,10 @@
 
 namespace kiln {
 
-// Sets torch's intra-op threads to $KILN_THREADS, else to the number of cores, and, when more than
-// one, OpenBLAS's own pool to one thread (if OpenBLAS is the BLAS). Returns torch's thread count.
-int configure_threads();
+// Sets torch's intra-op threads to `requested` when > 0, else to $KILN_THREADS, else to the number
+// of cores, and, when more than one, OpenBLAS's own pool to one thread (if OpenBLAS is the BLAS).
+// Returns torch's thread count. (kiln train --nproc N gives each process cores / N.)
+int configure_threads(int requested = 0);
 
 // Sets OpenBLAS's own thread pool size; false when OpenBLAS is not the BLAS in use.
 bool set_blas_threads(int threads);

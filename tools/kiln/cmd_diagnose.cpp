@@ -5,6 +5,7 @@
 
 #include <iostream>
 
+#include "models/device.h"
 #include "commands.h"
 #include "lab/diagnosis.h"
 #include "util/error.h"
@@ -18,6 +19,7 @@ struct DiagnoseCommand {
   std::vector<uint64_t> seeds;
   int64_t steps = 0, width = 0, height = 0;
   bool no_swap = false;
+  std::string device = "cpu";
   DiagnosisThresholds thresholds;
 };
 
@@ -39,6 +41,7 @@ void run_diagnose(const DiagnoseCommand& c) {
   if (c.width > 0) request.settings.width = c.width;
   if (c.height > 0) request.settings.height = c.height;
   request.swap_test = !c.no_swap;
+  request.device = parse_device(c.device);
   request.thresholds = c.thresholds;
   const auto diagnosis =
       diagnose(request, [](const std::string& what) { std::cerr << "diagnose: " << what << "\n"; });
@@ -68,6 +71,7 @@ void add_diagnose_command(CLI::App& app) {
   cmd->add_option("--width,-W", c->width, "cell width");
   cmd->add_option("--height,-H", c->height, "cell height");
   cmd->add_flag("--no-swap", c->no_swap, "skip the swap test");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--saturation-increase", c->thresholds.saturation_increase, "burn threshold")
       ->capture_default_str();
   cmd->add_option("--contrast-increase", c->thresholds.contrast_increase, "burn threshold")

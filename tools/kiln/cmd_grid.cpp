@@ -7,6 +7,7 @@
 #include <iostream>
 #include <optional>
 
+#include "models/device.h"
 #include "commands.h"
 #include "pipeline/comparison_grid.h"
 #include "sample_options.h"
@@ -45,6 +46,7 @@ void run_grid(const GridCommand& c) {
   request.zoom = c.zoom;
   request.attention = {parse_attention_kernel(c.sample.attention)};
   request.loras = c.sample.loras;
+  request.device = parse_device(c.sample.device);
   std::optional<ProgressBar> progress;
   auto result = make_comparison_grid(request, [&](int64_t done, int64_t total) {
     if (!progress) progress.emplace(std::cerr, "grid", total);

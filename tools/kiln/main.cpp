@@ -14,6 +14,12 @@ int main(int argc, char** argv) {
   CLI::App app{"kiln: fine-tune Stable Diffusion 1.x and see what training does to it"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kiln " KILN_VERSION " (libtorch " TORCH_VERSION ")");
+  // Also accepted after the subcommand (kiln train run.toml --threads 2).
+  app.fallthrough();
+  app.add_option_function<int>(
+         "--threads", [](int threads) { kiln::configure_threads(threads); },
+         "CPU threads for torch (default: $KILN_THREADS, else every core)")
+      ->trigger_on_parse();
   kiln::cli::add_inspect_command(app);
   kiln::cli::add_convert_command(app);
   kiln::cli::add_init_command(app);

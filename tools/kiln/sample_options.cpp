@@ -7,6 +7,7 @@
 #include <random>
 
 #include "diffusion/sampler.h"
+#include "models/device.h"
 #include "surgery/lora.h"
 #include "surgery/lora_merge.h"
 
@@ -44,6 +45,7 @@ LoadedModel SampleOptions::load(const std::string& model_path) const {
   const AttentionOptions options{parse_attention_kernel(attention)};
   loaded.models.unet->set_attention(options);
   loaded.models.vae->set_attention(options);
+  to_device(loaded.models, parse_device(device));
   return loaded;
 }
 
@@ -68,6 +70,7 @@ void add_sample_options(CLI::App& cmd, SampleOptions& o, bool require_model) {
   cmd.add_option("--batch", o.batch, "images per prompt")->capture_default_str();
   cmd.add_option("--attention", o.attention, "auto, plain, chunked (less memory) or fused (libtorch >= 2)")
       ->capture_default_str();
+  cmd.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
 }
 
 }  // namespace kiln::cli

@@ -25,6 +25,7 @@ struct SampleOptions {
   int64_t clip_skip = 1;
   int64_t batch = 1;
   std::string attention = "auto";
+  std::string device = "cpu";  // cpu | cuda | cuda:N
   // FILE or FILE:RATIO, applied in order after loading. Only `kiln sample` sets it: grid cells are
   // cached by checkpoint hash, which a runtime LoRA would not change.
   std::vector<std::string> loras;
