@@ -1,6 +1,6 @@
 // Where the time goes: one full-size SD 1.5 UNet pass (forward, or forward + backward) under
 // libtorch's profiler, with each operator's self time (its time minus the operators it called) and
-// share. usage: bench_profile forward|backward LATENT_SIDE [contiguous|channels_last]
+// share. usage: bench_profile forward|backward LATENT_SIDE [contiguous|channels_last] [CHUNK_MIB]
 #include <torch/torch.h>
 
 #include <fmt/format.h>
@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   const bool channels_last = argc > 3 && std::string(argv[3]) == "channels_last";
   kiln::configure_threads();
   kiln::UNet2DConditionModel unet(kiln::sd15_configs().unet);
+  if (argc > 4) unet->set_attention({kiln::AttentionKernel::Chunked, std::stoll(argv[4]) << 20});
   auto sample = torch::randn({1, 4, side, side});
   if (channels_last) {
     // The C++ Module::to has no memory-format overload: convolution weights are converted one by one.

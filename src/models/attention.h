@@ -19,7 +19,10 @@ bool fused_attention_available();
 
 struct AttentionOptions {
   AttentionKernel kernel = AttentionKernel::Auto;
-  int64_t chunk_bytes = int64_t{64} << 20;  // score memory per slice for Chunked
+  // Score memory per slice for Chunked. Slices that stay inside the last-level cache between the two
+  // matmuls and the softmax are faster as well as leaner: SD 1.5 UNet forward at 512² on the 2-core
+  // CI VM (32 MiB L3), 8.0 s at 64 MiB, 6.4 s at 16 MiB, 6.5–6.8 s at 8 MiB, 6.9 s at 32 MiB.
+  int64_t chunk_bytes = int64_t{16} << 20;
 };
 
 // q: [B, Lq, H*D], k/v: [B, Lk, H*D] -> [B, Lq, H*D]; softmax(q kᵀ · D^-0.5 + mask) v per head.
