@@ -3,6 +3,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include "models/autocast.h"
 #include "models/clip_text.h"
 #include "models/configs.h"
 #include "models/unet.h"
@@ -42,6 +43,23 @@ void BM_UNetForward(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_UNetForward)->Arg(32)->Arg(64)->Unit(benchmark::kSecond)->Iterations(2)->UseRealTime();
+
+// The same pass under bf16 autocast (training.mixed_precision = "bf16"): oneDNN uses AVX-512 BF16 /
+// AMX where the CPU has them. The rate still counts the fp32 FLOPs, against the fp32 matmul rate.
+void BM_UNetForwardBf16Autocast(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  const int64_t side = state.range(0);
+  kiln::UNet2DConditionModel unet(kiln::sd15_configs().unet);
+  unet->eval();
+  auto sample = torch::randn({1, 4, side, side});
+  auto timestep = torch::tensor({500}, torch::kLong);
+  auto context = torch::randn({1, 77, 768});
+  const kiln::AutocastGuard autocast(torch::kCPU, kiln::MixedPrecision::BF16);
+  for (auto _ : state) benchmark::DoNotOptimize(unet->forward(sample, timestep, context));
+  const double flops = kUNetFlops64 * (side * side) / (64.0 * 64.0);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_UNetForwardBf16Autocast)->Arg(64)->Unit(benchmark::kSecond)->Iterations(2)->UseRealTime();
 
 void BM_TextEncoderForward(benchmark::State& state) {
   torch::NoGradGuard no_grad;
