@@ -521,6 +521,11 @@ void Trainer::restore(const fs::path& state_file) {
 
 TrainResult Trainer::run() {
   fs::create_directories(options_.run_dir);
+  // Half-written files of a process that was killed mid-save (never under a final name).
+  if (is_main())
+    for (const auto& dir : {options_.run_dir, options_.run_dir / "checkpoints", options_.run_dir / "latent-cache"})
+      if (const int removed = remove_stale_temporaries(dir); removed > 0)
+        say(fmt::format("removed {} temporary file(s) a killed run left in {}", removed, dir.string()));
   // --init-from replaces the base model for this run: recorded in run.toml, so --resume and the
   // checkpoints' metadata name the model the run really started from.
   if (options_.init_from) config_.model.checkpoint = fs::absolute(*options_.init_from).string();
@@ -548,7 +553,16 @@ TrainResult Trainer::run() {
       config_.data.crop == "random", config_.training.seed);
   if (config_.data.cache_latents) cache_all_latents();
   setup_parts();
-  if (options_.resume) restore(latest_state(options_.run_dir));
+  if (options_.resume) {
+    // A run killed before its first checkpoint has nothing to resume: it starts over.
+    std::optional<fs::path> state;
+    try {
+      state = latest_state(options_.run_dir);
+    } catch (const Error&) {
+      say("no resume state in " + options_.run_dir.string() + " yet: starting from the beginning");
+    }
+    if (state) restore(*state);
+  }
   std::vector<torch::Tensor> trainable;
   for (const auto& part : parts_) trainable.insert(trainable.end(), part.trainable.begin(), part.trainable.end());
   if (options_.group) {

@@ -2,12 +2,14 @@
 #include "util/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "util/error.h"
 
@@ -69,6 +71,25 @@ void write_file_atomically(const fs::path& target, const std::function<void(std:
     throw;
   }
   fsync_directory(target.parent_path());
+}
+
+int remove_stale_temporaries(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return 0;
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    const auto at = name.rfind(".tmp-");
+    if (at == std::string::npos) continue;
+    const auto digits = name.substr(at + 5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9)
+      continue;
+    const auto pid = static_cast<pid_t>(std::stol(digits));
+    // kill(pid, 0) fails with ESRCH only when no such process exists.
+    if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(entry.path());
+  }
+  for (const auto& path : stale) fs::remove_all(path, ec);
+  return static_cast<int>(stale.size());
 }
 
 void write_text_atomically(const fs::path& target, std::string_view text) {

@@ -20,4 +20,8 @@ void write_text_atomically(const std::filesystem::path& target, std::string_view
 void write_directory_atomically(const std::filesystem::path& target,
                                 const std::function<void(const std::filesystem::path&)>& build);
 
+// Deletes the temporaries ("<name>.tmp-<pid>", files or folders) in `dir` whose writing process is
+// gone (killed mid-write: atomic writes never leave anything else behind). Returns how many went.
+int remove_stale_temporaries(const std::filesystem::path& dir);
+
 }  // namespace kiln

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <exception>
 #include <iostream>
 
@@ -11,6 +12,9 @@
 #include "util/threads.h"
 
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG, which kiln reports and cleans up
+  // after like a full disk, instead of the process dying mid-save.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"kiln: fine-tune Stable Diffusion 1.x and see what training does to it"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kiln " KILN_VERSION " (libtorch " TORCH_VERSION ")");
