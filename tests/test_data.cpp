@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <optional>
@@ -302,6 +303,49 @@ TEST_F(DataFiles, BadFilesNameThePath) {
   const std::string whole = read_bytes(dir_ / "whole.png");
   write_bytes(dir_ / "truncated.png", whole.substr(0, whole.size() / 3));
   EXPECT_TRUE(error_of([&] { kiln::load_image(dir_ / "truncated.png"); }).has_value());
+}
+
+// A few kilobytes whose header claims a picture of gigabytes is refused from the header, before the
+// decoder allocates: real files of each format with their stated size patched.
+TEST_F(DataFiles, DecompressionBombsAreRefusedFromTheHeader) {
+  const auto picture = to_bgr(gradient(64, 48));
+  auto patched = [&](const char* name, const std::function<void(std::string&)>& patch) {
+    ASSERT_TRUE(cv::imwrite((dir_ / name).string(), picture)) << name;
+    std::string bytes = read_bytes(dir_ / name);
+    patch(bytes);
+    write_bytes(dir_ / name, bytes);
+  };
+  auto put_be16 = [](std::string& b, size_t at, unsigned v) {
+    b[at] = static_cast<char>(v >> 8);
+    b[at + 1] = static_cast<char>(v & 0xFF);
+  };
+  auto put_le32 = [](std::string& b, size_t at, std::uint32_t v) {
+    for (size_t i = 0; i < 4; ++i) b[at + i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  };
+  patched("bomb.png", [&](std::string& b) {  // IHDR width and height, big-endian
+    put_be16(b, 16, 0), put_be16(b, 18, 30000), put_be16(b, 20, 0), put_be16(b, 22, 30000);
+  });
+  patched("bomb.jpg", [&](std::string& b) {  // the baseline start-of-frame's height and width
+    const auto sof = b.find("\xFF\xC0");
+    ASSERT_NE(sof, std::string::npos);
+    put_be16(b, sof + 5, 65000), put_be16(b, sof + 7, 65000);
+  });
+  patched("bomb.bmp", [&](std::string& b) { put_le32(b, 18, 100000), put_le32(b, 22, 100000); });
+  patched("bomb.webp", [&](std::string& b) {  // lossless VP8L: 14-bit width − 1 and height − 1
+    ASSERT_EQ(b.substr(12, 4), "VP8L");
+    std::uint32_t bits = 0;
+    for (size_t i = 0; i < 4; ++i) bits |= std::uint32_t{static_cast<std::uint8_t>(b[21 + i])} << (8 * i);
+    put_le32(b, 21, (bits & 0xF0000000u) | 16383u | (16383u << 14));
+  });
+  for (const char* name : {"bomb.png", "bomb.jpg", "bomb.bmp", "bomb.webp"}) {
+    const auto message = error_of([&] { kiln::load_image(dir_ / name); });
+    ASSERT_TRUE(message.has_value()) << name;
+    EXPECT_NE(message->find((dir_ / name).string()), std::string::npos) << *message;
+    EXPECT_NE(message->find("decompression bomb"), std::string::npos) << *message;
+  }
+  EXPECT_NE(error_of([&] { kiln::load_image(dir_ / "bomb.png"); })->find("30000x30000"), std::string::npos);
+  ASSERT_TRUE(cv::imwrite((dir_ / "fine.png").string(), picture));
+  EXPECT_EQ(kiln::load_image(dir_ / "fine.png").width, 64);
 }
 
 TEST(ImageFiles, RecognisedByExtension) {

@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include <optional>
+
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -37,6 +41,60 @@ std::vector<std::uint8_t> read_bytes(const std::filesystem::path& path) {
 
 std::uint32_t big_endian_32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+}
+
+std::uint32_t little_endian_32(const std::uint8_t* p) {
+  return (std::uint32_t{p[3]} << 24) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[1]} << 8) | p[0];
+}
+
+struct StatedSize {
+  std::uint64_t width = 0, height = 0;
+};
+
+// The width and height a file's header states, read without decoding (PNG IHDR, JPEG start of frame,
+// WebP VP8/VP8L/VP8X, BMP): a few kilobytes can claim a picture whose pixels need gigabytes, and the
+// decoder would allocate them before finding out. Unknown formats give nothing (OpenCV's own limit
+// then applies).
+std::optional<StatedSize> stated_size(const std::vector<std::uint8_t>& b) {
+  const auto n = b.size();
+  if (n >= 24 && b[0] == 0x89 && b[1] == 'P' && b[2] == 'N' && b[3] == 'G')
+    return StatedSize{big_endian_32(&b[16]), big_endian_32(&b[20])};
+  if (n >= 4 && b[0] == 0xFF && b[1] == 0xD8) {
+    std::size_t pos = 2;
+    while (pos + 4 <= n) {
+      if (b[pos] != 0xFF) return std::nullopt;
+      const std::uint8_t marker = b[pos + 1];
+      if (marker == 0xFF) {  // fill byte
+        ++pos;
+        continue;
+      }
+      const std::size_t length = (std::size_t{b[pos + 2]} << 8) | b[pos + 3];
+      const bool start_of_frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
+                                  marker != 0xCC;
+      if (start_of_frame && pos + 9 <= n)
+        return StatedSize{(std::uint64_t{b[pos + 7]} << 8) | b[pos + 8], (std::uint64_t{b[pos + 5]} << 8) | b[pos + 6]};
+      if (length < 2) return std::nullopt;
+      pos += 2 + length;
+    }
+    return std::nullopt;
+  }
+  if (n >= 30 && std::memcmp(&b[0], "RIFF", 4) == 0 && std::memcmp(&b[8], "WEBP", 4) == 0) {
+    if (std::memcmp(&b[12], "VP8X", 4) == 0)
+      return StatedSize{(little_endian_32(&b[24]) & 0xFFFFFF) + 1, (little_endian_32(&b[27]) & 0xFFFFFF) + 1};
+    if (std::memcmp(&b[12], "VP8L", 4) == 0) {
+      const std::uint32_t bits = little_endian_32(&b[21]);
+      return StatedSize{(bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1};
+    }
+    if (std::memcmp(&b[12], "VP8 ", 4) == 0)
+      return StatedSize{(std::uint64_t{b[27]} << 8 | b[26]) & 0x3FFF, (std::uint64_t{b[29]} << 8 | b[28]) & 0x3FFF};
+    return std::nullopt;
+  }
+  if (n >= 26 && b[0] == 'B' && b[1] == 'M') {
+    const auto height = static_cast<std::int32_t>(little_endian_32(&b[22]));
+    return StatedSize{little_endian_32(&b[18]),
+                      static_cast<std::uint64_t>(height < 0 ? -static_cast<std::int64_t>(height) : height)};
+  }
+  return std::nullopt;
 }
 
 // PNG: an alpha colour type, or a tRNS chunk (transparent palette entries or key colour) before
@@ -102,6 +160,10 @@ cv::Mat flatten_alpha(const cv::Mat& decoded) {
 Image load_image(const std::filesystem::path& path) {
   const std::vector<std::uint8_t> bytes = read_bytes(path);
   if (bytes.empty()) throw_file_error(path, "empty file; " + std::string(kNotAnImage));
+  if (const auto size = stated_size(bytes); size && size->width * size->height > kMaxImagePixels)
+    throw_file_error(path, fmt::format("states {}x{} pixels, more than the {} megapixels kiln decodes (a "
+                                       "decompression bomb, or a picture to downscale first)",
+                                       size->width, size->height, kMaxImagePixels / 1000000));
   cv::Mat bgr;
   try {
     const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<std::uint8_t*>(bytes.data()));
