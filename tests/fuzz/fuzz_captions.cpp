@@ -1,8 +1,8 @@
 // libFuzzer target for process_caption: options are drawn from the input's first bytes, the rest
 // is the caption. Findings: crashes, sanitizer reports, exceptions (it only throws kiln::Error, and
 // process_caption has no error path), invalid UTF-8 output for valid UTF-8 input, and broken
-// promises of captions.h (the activation phrase first and once; tags_to_end last; no tag lost,
-// invented or empty unless the caption was dropped; same seed, same output).
+// promises of captions.h (same seed, same output; unless dropped, the activation phrase first and
+// exactly once, and the output tags the caption's tags, minus copies of the phrase, reordered).
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -29,7 +29,7 @@ std::vector<std::string> split(std::string_view s, char sep) {
 }
 
 std::string trim(std::string_view s) {
-  const auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  const auto ws = [](char c) { return std::string_view(" \t\r\n\f\v").find(c) != std::string_view::npos; };
   while (!s.empty() && ws(s.front())) s.remove_prefix(1);
   while (!s.empty() && ws(s.back())) s.remove_suffix(1);
   return std::string(s);
@@ -74,9 +74,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   if (out.empty()) return 0;  // dropped (or nothing to say)
   const std::string phrase = trim(o.activation_phrase);
-  const std::vector<std::string> tags = split(out, ',');
-  if (!phrase.empty() && phrase.find(',') == std::string::npos) {
-    if (trim(tags[0]) != phrase) __builtin_trap();  // first
-  }
+  if (phrase.find(',') != std::string::npos) return 0;  // a phrase with commas reads as several tags
+  std::vector<std::string> expected, got;
+  for (const auto& t : split(caption, ','))
+    if (const std::string tag = trim(t); !tag.empty() && tag != phrase) expected.push_back(tag);
+  if (!phrase.empty()) expected.insert(expected.begin(), phrase);
+  for (const auto& t : split(out, ',')) got.push_back(trim(t));
+  if (!phrase.empty() && got.front() != phrase) __builtin_trap();  // the phrase comes first
+  std::sort(expected.begin(), expected.end());
+  std::sort(got.begin(), got.end());
+  if (got != expected) __builtin_trap();  // no tag lost, invented or duplicated
   return 0;
 }
