@@ -456,6 +456,21 @@ TEST_F(CheckpointTest, MoreBadInputsNameTheFileAndTheProblem) {
   { std::ofstream(zip, std::ios::binary) << std::string("PK\x03\x04", 4) << std::string(100, '\0'); }
   expect_error(zip, "pickled", [&] { read_checkpoint(zip); });
 
+  // A pickle that calls a function when unpickled (os.system via GLOBAL + REDUCE, protocol 2), bare
+  // and under a harmless name: kiln refuses it from its first bytes and never interprets it.
+  const auto marker = dir_ / "pickle-ran";
+  const std::string payload = "touch " + marker.string();
+  std::string hostile = std::string("\x80\x02", 2) + std::string("cos\nsystem\nq\0X", 14);
+  for (int i = 0; i < 4; ++i) hostile += static_cast<char>((payload.size() >> (8 * i)) & 0xFF);
+  hostile += payload + "\x85R.";
+  for (const auto& name : {"hostile.ckpt", "hostile.safetensors"}) {
+    { std::ofstream(dir_ / name, std::ios::binary) << hostile; }
+    expect_error(dir_ / name, "", [&] { read_checkpoint(dir_ / name); });
+  }
+  expect_error(dir_ / "hostile.ckpt", "unpickling can run arbitrary code",
+               [&] { read_checkpoint(dir_ / "hostile.ckpt"); });
+  EXPECT_FALSE(fs::exists(marker));
+
   // Files that are not whole checkpoints.
   const auto lora = test::golden_dir() / "lora.safetensors";
   expect_error(lora, "LoRA", [&] { read_checkpoint(lora); });
