@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "data/synthetic.h"
@@ -371,6 +372,16 @@ TEST_F(CliTest, TrainThenResumeWithNewSettings) {
   EXPECT_NE(r.output.find("skipped: grad_norm/unet is "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("nan at step 2 (epoch 1, batch 2)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("nan at step 2 (epoch 2, batch 2)"), std::string::npos) << r.output;
+  // The epoch losses average the steps that were applied; a skipped step does not poison them.
+  std::istringstream metrics(kiln::test::read_bytes(dir_ / "skip" / "metrics.jsonl"));
+  int epoch_losses = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    if (line.find("\"loss/epoch\"") == std::string::npos) continue;
+    ++epoch_losses;
+    EXPECT_EQ(line.find("null"), std::string::npos) << line;
+    EXPECT_EQ(line.find("nan"), std::string::npos) << line;
+  }
+  EXPECT_GT(epoch_losses, 0);
 }
 
 }  // namespace
