@@ -13,6 +13,12 @@ SafeTensorsFile golden_file(const std::string& name) { return SafeTensorsFile::o
 std::filesystem::path tiny_model_path() { return golden_dir() / "tiny-sd" / "model.safetensors"; }
 std::filesystem::path tiny_config_path() { return golden_dir() / "tiny-sd" / "diffusers-configs"; }
 
+std::string tiny_run_file_head(const std::filesystem::path& data_folder) {
+  return "[model]\ncheckpoint = \"" + tiny_model_path().string() + "\"\nconfig = \"" + tiny_config_path().string() +
+         "\"\n[data]\nfolders = [{ path = \"" + data_folder.string() +
+         "\" }]\nresolution = 64\nmin_bucket = 64\nmax_bucket = 64\n";
+}
+
 StableDiffusionModels load_tiny_models() {
   return build_models(read_checkpoint(tiny_model_path(), tiny_config_path()));
 }

@@ -29,6 +29,9 @@ SafeTensorsFile golden_file(const std::string& name);
 // converter, with the diffusers configs beside it (head counts cannot be read from shapes).
 std::filesystem::path tiny_model_path();
 std::filesystem::path tiny_config_path();
+// The start of a run file on the tiny model: [model], and [data] with one folder of pictures in
+// 64x64 buckets; callers append the rest of [data] and the other sections.
+std::string tiny_run_file_head(const std::filesystem::path& data_folder);
 StableDiffusionModels load_tiny_models();
 
 // Gtest assertion: shapes equal and |actual-expected| <= atol + rtol*|expected| elementwise.

@@ -3,8 +3,8 @@
 // unreadable and the finished run's weights and optimizer state are bit-identical to a run that was
 // never interrupted. SIGTERM saves and stops cleanly. A save that fails (a file-size limit standing
 // in for a full disk) reports the file, leaves the previous checkpoint intact and nothing half-written.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -32,17 +32,8 @@ namespace fs = std::filesystem;
 
 // A data set and a run file in `dir`: 8 pictures, 4 steps per epoch, 24 epochs, a checkpoint each.
 void write_run(const fs::path& dir) {
-    write_synthetic_dataset(dir / "data", 8, 64, 11);
-    std::ofstream(dir / "run.toml") << fmt::format(R"(
-[model]
-checkpoint = "{}"
-config = "{}"
-[data]
-folders = [{{ path = "{}" }}]
-resolution = 64
-min_bucket = 64
-max_bucket = 64
-random_flip = true
+  write_synthetic_dataset(dir / "data", 8, 64, 11);
+  std::ofstream(dir / "run.toml") << test::tiny_run_file_head(dir / "data") << R"(random_flip = true
 shuffle_tags = true
 caption_dropout = 0.1
 batch_size = 2
@@ -64,9 +55,7 @@ dtype = "fp32"
 keep_last_states = 2
 [logging]
 tensorboard = false
-)",
-                                                    test::tiny_model_path().string(),
-                                                    test::tiny_config_path().string(), (dir / "data").string());
+)";
 }
 
 class CrashSafetyTest : public test::TempDirTest {
@@ -112,7 +101,9 @@ class CrashSafetyTest : public test::TempDirTest {
     if (fs::exists(run / "run.toml")) return {"train", "--resume", run.string()};
     return {"train", run_file.string(), "--out", run.string()};
   }
-  std::vector<std::string> train_args(const fs::path& run) const { return train_args(run, dir_ / "run.toml"); }
+  std::vector<std::string> train_args(const fs::path& run) const {
+    return train_args(run, dir_ / "run.toml");
+  }
 
   // The uninterrupted run, made once for the suite (its own folder, the same data and settings).
   static fs::path reference() {
@@ -120,7 +111,8 @@ class CrashSafetyTest : public test::TempDirTest {
       reference_dir() = test::fresh_temp_dir("kiln-crash-reference");
       write_run(reference_dir());
       const auto run = reference_dir() / "run";
-      const int code = wait_for(start_kiln(train_args(run, reference_dir() / "run.toml"), reference_dir() / "log"));
+      const int code =
+          wait_for(start_kiln(train_args(run, reference_dir() / "run.toml"), reference_dir() / "log"));
       EXPECT_EQ(code, 0) << test::read_bytes(reference_dir() / "log");
     }
     return reference_dir() / "run";
@@ -210,15 +202,16 @@ TEST_F(CrashSafetyTest, SigtermSavesACheckpointAndTheResumedRunFinishesExactly) 
   EXPECT_EQ(code, 1) << log;  // stopped early: not a success, but an orderly exit
   EXPECT_NE(log.find("training interrupted; continue with: kiln train --resume"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "e0024.safetensors"));
-  ASSERT_EQ(wait_for(start_kiln(train_args(run), dir_ / "stopped.log")), 0) << test::read_bytes(dir_ / "stopped.log");
+  ASSERT_EQ(wait_for(start_kiln(train_args(run), dir_ / "stopped.log")), 0)
+      << test::read_bytes(dir_ / "stopped.log");
   expect_same_final_state(reference(), run);
 }
 
 TEST_F(CrashSafetyTest, AFailedSaveKeepsThePreviousCheckpointAndLeavesNothingHalfWritten) {
   const auto run = dir_ / "full";
-  ASSERT_EQ(wait_for(start_kiln({"train", (dir_ / "run.toml").string(), "--out", run.string(), "--set",
-                                 "training.epochs=1"},
-                                dir_ / "first.log")),
+  ASSERT_EQ(wait_for(start_kiln(
+                {"train", (dir_ / "run.toml").string(), "--out", run.string(), "--set", "training.epochs=1"},
+                dir_ / "first.log")),
             0);
   const auto checkpoint = run / "checkpoints" / "e0001.safetensors";
   const auto state = run / "checkpoints" / "e0001.state.safetensors";
@@ -226,8 +219,9 @@ TEST_F(CrashSafetyTest, AFailedSaveKeepsThePreviousCheckpointAndLeavesNothingHal
   // A file-size limit below a checkpoint's size: the next save's write fails with EFBIG, as on a
   // full disk.
   const auto limit = fs::file_size(checkpoint) / 2;
-  const std::string command = fmt::format("prlimit --fsize={} {} --threads 1 train --resume {} --set training.epochs=2 2>&1",
-                                          limit, KILN_CLI_PATH, run.string());
+  const std::string command =
+      fmt::format("prlimit --fsize={} {} --threads 1 train --resume {} --set training.epochs=2 2>&1", limit,
+                  KILN_CLI_PATH, run.string());
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;

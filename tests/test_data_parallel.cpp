@@ -31,16 +31,7 @@ constexpr const char* kWorkerDir = "KILN_TEST_DATA_PARALLEL_DIR";
 // update is linear in the gradient: Adam-like optimizers divide by √v and so turn the rounding noise
 // of near-zero gradients into full-size steps, which would hide what this test is about.
 std::string run_file_text(const fs::path& dir, int64_t batch_size, int64_t epochs) {
-  return fmt::format(R"(
-[model]
-checkpoint = "{}"
-config = "{}"
-[data]
-folders = [{{ path = "{}" }}]
-resolution = 64
-min_bucket = 64
-max_bucket = 64
-random_flip = true
+  return test::tiny_run_file_head(dir / "data") + fmt::format(R"(random_flip = true
 shuffle_tags = true
 caption_dropout = 0.2
 batch_size = {}
@@ -65,8 +56,7 @@ dtype = "fp32"
 [logging]
 tensorboard = false
 )",
-                     test::tiny_model_path().string(), test::tiny_config_path().string(),
-                     (dir / "data").string(), batch_size, epochs);
+                                                              batch_size, epochs);
 }
 
 // The bytes of every trained tensor, hashed: equal hashes mean bit-identical weights.
@@ -164,8 +154,8 @@ TEST_F(TwoProcessesTest, RanksAgreeEveryStepAndMatchOneProcessWithTheDoubleBatch
 // bit-identical to an uninterrupted two-process run.
 TEST_F(TwoProcessesTest, CliNprocResumesExactly) {
   std::ofstream(dir_ / "run.toml") << run_file_text(dir_, 1, 2);
-  const auto full = test::run_kiln(fmt::format("train {} --out {} --nproc 2", (dir_ / "run.toml").string(),
-                                               (dir_ / "full").string()));
+  const auto full = test::run_kiln(
+      fmt::format("train {} --out {} --nproc 2", (dir_ / "run.toml").string(), (dir_ / "full").string()));
   ASSERT_EQ(full.exit_code, 0) << full.output;
   EXPECT_NE(full.output.find("2 process(es)"), std::string::npos) << full.output;
   const auto first = test::run_kiln(fmt::format("train {} --out {} --nproc 2 --set training.epochs=1",

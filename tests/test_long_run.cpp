@@ -29,16 +29,7 @@ class LongRunTest : public test::TempDirTest {};
 
 TEST_F(LongRunTest, ResidentMemoryStaysFlatOverAThousandSteps) {
   write_synthetic_dataset(dir_ / "data", 10, 64, 3);
-  const auto config = parse_run_config(fmt::format(R"(
-[model]
-checkpoint = "{}"
-config = "{}"
-[data]
-folders = [{{ path = "{}" }}]
-resolution = 64
-min_bucket = 64
-max_bucket = 64
-random_flip = true
+  const auto config = parse_run_config(test::tiny_run_file_head(dir_ / "data") + R"(random_flip = true
 shuffle_tags = true
 caption_dropout = 0.1
 batch_size = 1
@@ -61,8 +52,6 @@ keep_last_states = 1
 [logging]
 tensorboard = true
 )",
-                                                   test::tiny_model_path().string(),
-                                                   test::tiny_config_path().string(), (dir_ / "data").string()),
                                        "long.toml");
   std::vector<std::pair<int64_t, int64_t>> samples;  // (step, KiB)
   TrainOptions options;

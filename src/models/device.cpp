@@ -25,9 +25,11 @@ torch::Device parse_device(const std::string& name) {
         "--device {}: no CUDA device is usable here ({}); use --device cpu, or build kiln against a CUDA "
         "libtorch (README, \"GPU build\")",
         name,
-        torch::hasCUDA() ? "no GPU is visible to this libtorch" : "this kiln's libtorch " TORCH_VERSION " was built without CUDA"));
+        torch::hasCUDA() ? "no GPU is visible to this libtorch"
+                         : "this kiln's libtorch " TORCH_VERSION " was built without CUDA"));
   const auto count = static_cast<int64_t>(torch::cuda::device_count());
-  if (index >= count) throw Error(fmt::format("--device {}: only {} CUDA device(s) are visible", name, count));
+  if (index >= count)
+    throw Error(fmt::format("--device {}: only {} CUDA device(s) are visible", name, count));
   return {torch::kCUDA, static_cast<torch::DeviceIndex>(index)};
 }
 

@@ -619,6 +619,15 @@ TrainResult Trainer::run() {
     double step_loss = 0;  // this rank's share of the mean loss of the accumulated batches
     int64_t accumulated = 0, images = 0;
     auto step_started = std::chrono::steady_clock::now();
+    // After an optimizer step, or instead of one (a skipped step's gradients are dropped too).
+    const auto next_step = [&](bool drop_gradients) {
+      if (drop_gradients)
+        for (auto& entry : optimizers_.entries) entry.optimizer->zero_grad();
+      step_loss = 0;
+      accumulated = 0;
+      images = 0;
+      step_started = std::chrono::steady_clock::now();
+    };
     const int64_t first_batch = epoch == start_epoch_ ? start_batch_ : 0;
     for (int64_t b = first_batch; b < static_cast<int64_t>(batches.size()); ++b) {
       const auto& global_batch = batches[static_cast<size_t>(b)];
@@ -703,11 +712,7 @@ TrainResult Trainer::run() {
         if (!finite) {
           say(fmt::format("fp16 overflow at step {}: step skipped, loss scale now {}", global_step_ + 1,
                           scaler_->current_scale()));
-          for (auto& entry : optimizers_.entries) entry.optimizer->zero_grad();
-          step_loss = 0;
-          accumulated = 0;
-          images = 0;
-          step_started = std::chrono::steady_clock::now();
+          next_step(true);
           continue;
         }
       }
@@ -729,11 +734,7 @@ TrainResult Trainer::run() {
                                   "was (lower the learning rate, or set training.on_nan = \"skip\")",
                                   options_.run_dir.string(), what));
         say("skipped: " + what);
-        for (auto& entry : optimizers_.entries) entry.optimizer->zero_grad();
-        step_loss = 0;
-        accumulated = 0;
-        images = 0;
-        step_started = std::chrono::steady_clock::now();
+        next_step(true);
         continue;
       }
       for (size_t o = 0; o < optimizers_.entries.size(); ++o) {
@@ -768,10 +769,7 @@ TrainResult Trainer::run() {
           global_step_ - session_start_step,
           fmt::format("epoch {}/{}  loss {:.4f}{}  {:.2f} img/s", epoch + 1, config_.training.epochs,
                       values["loss/step"], rates, values["performance/images_per_second"]));
-      step_loss = 0;
-      accumulated = 0;
-      images = 0;
-      step_started = std::chrono::steady_clock::now();
+      next_step(false);
       if (stop_requested() && !last) {
         progress.finish("interrupted");
         save(epoch, b + 1);
