@@ -219,9 +219,10 @@ TEST_F(CrashSafetyTest, AFailedSaveKeepsThePreviousCheckpointAndLeavesNothingHal
   // A file-size limit below a checkpoint's size: the next save's write fails with EFBIG, as on a
   // full disk.
   const auto limit = fs::file_size(checkpoint) / 2;
-  const std::string command =
-      fmt::format("prlimit --fsize={} {} --threads 1 train --resume {} --set training.epochs=2 2>&1", limit,
-                  KILN_CLI_PATH, run.string());
+  const std::string command = fmt::format(
+      "prlimit --fsize={} {} --threads 1 train --resume {} --set training.epochs=2 --set checkpoints.save_retries=2 "
+      "--set checkpoints.save_retry_seconds=0.1 2>&1",
+      limit, KILN_CLI_PATH, run.string());
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;
@@ -232,6 +233,9 @@ TEST_F(CrashSafetyTest, AFailedSaveKeepsThePreviousCheckpointAndLeavesNothingHal
   EXPECT_NE(WEXITSTATUS(status), 0) << output;
   EXPECT_NE(output.find("e0002"), std::string::npos) << output;
   EXPECT_NE(output.find("File too large"), std::string::npos) << output;
+  EXPECT_NE(output.find("trying again in 0.1 s (2 of 2)"), std::string::npos) << output;
+  EXPECT_NE(output.find("saving failed after 3 attempt(s); the previous checkpoint is intact"), std::string::npos)
+      << output;
   EXPECT_EQ(test::read_bytes(checkpoint), before);
   EXPECT_EQ(test::read_bytes(state), state_before);
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "e0002.safetensors"));

@@ -108,6 +108,8 @@ void fields(V& v, CheckpointSection& s) {
   v("dtype", s.dtype);
   v("layout", s.layout);
   v("keep_last_states", s.keep_last_states);
+  v("save_retries", s.save_retries);
+  v("save_retry_seconds", s.save_retry_seconds);
 }
 template <typename V>
 void fields(V& v, SamplesSection& s) {
@@ -441,6 +443,8 @@ void validate(const RunConfig& c, const std::string& source) {
   if (c.checkpoints.layout != "ldm" && c.checkpoints.layout != "diffusers")
     fail("checkpoints.layout must be ldm or diffusers");
   if (c.checkpoints.keep_last_states < 0) fail("checkpoints.keep_last_states must be >= 0");
+  if (c.checkpoints.save_retries < 0) fail("checkpoints.save_retries must be >= 0");
+  if (c.checkpoints.save_retry_seconds < 0) fail("checkpoints.save_retry_seconds must be >= 0");
   if (c.data.min_bucket < 8 || c.data.min_bucket > c.data.max_bucket)
     fail("data.min_bucket must be at least 8 and not above data.max_bucket");
   if (c.data.keep_tags < 0) fail("data.keep_tags must be >= 0");

@@ -102,6 +102,10 @@ struct CheckpointSection {
   std::string layout = "ldm";  // ldm | diffusers
   // Resume states (.state.safetensors, several times a checkpoint's size) kept: the newest N; 0: all.
   int64_t keep_last_states = 0;
+  // A save that fails (disk full, I/O error) is tried again this many times, this many seconds apart,
+  // before the run stops; the previous checkpoint is intact either way.
+  int64_t save_retries = 0;
+  double save_retry_seconds = 60.0;
 };
 
 struct SamplesSection {

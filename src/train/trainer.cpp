@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <set>
+#include <thread>
 
 #include "data/captions.h"
 #include "image/png.h"
@@ -107,6 +108,7 @@ class Trainer {
   double fixed_noise_loss(const std::vector<TrainingItem>& items, uint64_t stream);
   void evaluate(int64_t epoch);
   void save(int64_t epoch, int64_t batch);
+  void save_once(int64_t epoch, int64_t batch);
   void save_lora_checkpoint(const fs::path& path, const std::string& name, int64_t epoch, int64_t batch,
                             const std::string& settings);
   void finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch,
@@ -368,6 +370,23 @@ void Trainer::write_samples(const std::string& name) {
 }
 
 void Trainer::save(int64_t epoch, int64_t batch) {
+  for (int64_t attempt = 1;; ++attempt) {
+    try {
+      save_once(epoch, batch);
+      return;
+    } catch (const Error& e) {
+      const auto& c = config_.checkpoints;
+      if (attempt > c.save_retries)
+        throw Error(fmt::format("{} (saving failed after {} attempt(s); the previous checkpoint is intact)",
+                                e.what(), attempt));
+      say(fmt::format("saving failed: {}; trying again in {} s ({} of {})", e.what(), c.save_retry_seconds,
+                      attempt, c.save_retries));
+      std::this_thread::sleep_for(std::chrono::duration<double>(c.save_retry_seconds));
+    }
+  }
+}
+
+void Trainer::save_once(int64_t epoch, int64_t batch) {
   // The other ranks wait at the next collective (or the closing barrier) while the main one writes.
   if (!is_main()) return;
   const auto dir = options_.run_dir / "checkpoints";
