@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln's one entry point for a fresh Debian 12 machine:
 #   ./build.sh demo   install what is missing, build, and run the main job
-#   ./build.sh test   install what is missing, build, and run the whole test suite
+#   ./build.sh test   install what is missing, build, and run the whole test suite (CTest, then the
+#                     sanitizer build of the torch-free tests and a short run of every fuzz target)
 #   ./build.sh build  install and build only
 # BUILD_DIR (default build/) and JOBS (default: all cores) may be set in the environment.
 set -euo pipefail
@@ -22,8 +23,10 @@ case "$what" in
     "$build_dir/kiln" demo --out demo-out
     ;;
   test)
-    cd "$build_dir"
-    ctest --output-on-failure -j "$jobs" --timeout 900
+    (cd "$build_dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
+    # Then the parsers of untrusted input under AddressSanitizer + UndefinedBehaviorSanitizer: the
+    # torch-free unit tests and 30 s of each libFuzzer target (tests/fuzz/README.md).
+    JOBS="$jobs" tests/fuzz/ci_smoke.sh "$build_dir-fuzz"
     ;;
   *)
     echo "usage: $0 [build|demo|test]" >&2

@@ -9,6 +9,7 @@
 
 #include "text/clip_tokenizer.h"
 #include "text/prompt_weights.h"
+#include "util/error.h"
 
 namespace {
 
@@ -274,6 +275,24 @@ TEST(ChunkPrompt, BreakStartsANewChunk) {
   const float w = static_cast<float>(1.1);
   expect_chunks(kiln::chunk_prompt(tokenizer(), "(a BREAK b)"),
                 {framed({a, brk, b}, {w, static_cast<float>(-1.1), w})});
+}
+
+// Found by fuzzing: a weight beyond float32's range (weights are digits and dots, so 40 nines) would
+// scale an embedding by inf (NaN pictures).
+TEST(ChunkPrompt, AWeightBeyondFloatRangeIsRefused) {
+  try {
+    kiln::chunk_prompt(tokenizer(), "a (red:" + std::string(40, '9') + ") circle");  // 1e40
+    FAIL() << "no error";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prompt weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(kiln::chunk_prompt(tokenizer(), "a (red:3" + std::string(38, '0') + ") circle").front().weights[2],
+            3e38f);
+  // Without emphasis the weights are not used at all.
+  kiln::ChunkOptions plain;
+  plain.emphasis = false;
+  EXPECT_EQ(kiln::chunk_prompt(tokenizer(), "a (red:" + std::string(40, '9') + ") circle", plain).size(), 1u);
 }
 
 }  // namespace

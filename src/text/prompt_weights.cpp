@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/error.h"
+
 namespace kiln {
 namespace {
 
@@ -308,6 +310,10 @@ std::vector<PromptChunk> chunk_prompt(const CLIPTokenizer& tokenizer, std::strin
     framed.weights.push_back(1.0f);
     for (size_t k = 0; k < chunk.ids.size(); ++k) {
       framed.ids.push_back(chunk.ids[k]);
+      // The embeddings are scaled in float32: a weight beyond its range would turn a picture into NaN.
+      if (std::abs(chunk.weights[k]) > std::numeric_limits<float>::max())
+        throw Error("prompt weight " + std::to_string(chunk.weights[k]) +
+                    " is out of range (emphasis weights must fit a 32-bit float, about ±3.4e38)");
       framed.weights.push_back(static_cast<float>(chunk.weights[k]));
     }
     framed.ids.resize(kChunkLength + 2, CLIPTokenizer::kEosId);

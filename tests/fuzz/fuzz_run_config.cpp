@@ -28,7 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     __builtin_trap();
   }
   if (twice != once) {
-    std::fprintf(stderr, "round trip changed the config:\n--- once\n%s--- twice\n%s---\n", once.c_str(), twice.c_str());
+    std::fprintf(stderr, "round trip changed the config:\n--- once\n%s--- twice\n%s---\n", once.c_str(),
+                 twice.c_str());
     __builtin_trap();
   }
   return 0;
