@@ -7,7 +7,7 @@
 #   tests/fuzz/ci_smoke.sh [BUILD_DIR]     (default /tmp/kiln-fuzz-ci)
 set -euo pipefail
 
-BUILD=${1:-/tmp/kiln-fuzz-ci}
+BUILD=$(realpath -m "${1:-/tmp/kiln-fuzz-ci}")  # absolute: the tests run from inside it
 SECONDS_EACH=${FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
 FUZZ_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
