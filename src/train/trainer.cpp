@@ -79,6 +79,14 @@ void prune_states(const fs::path& dir, int64_t keep) {
   for (size_t i = 0; i + static_cast<size_t>(keep) < states.size(); ++i) fs::remove(states[i].second);
 }
 
+// The tensors of a resume state whose names start with `prefix`, with the prefix taken off.
+StateDict entries_under(const SafeTensorsFile& state, const std::string& prefix) {
+  StateDict out;
+  for (const auto& entry : state.entries())
+    if (entry.name.starts_with(prefix)) out[entry.name.substr(prefix.size())] = state.tensor(entry.name);
+  return out;
+}
+
 std::string epoch_name(int64_t epoch, int64_t batch) {
   return batch == 0 ? fmt::format("e{:04}", epoch) : fmt::format("e{:04}-b{:05}", epoch, batch);
 }
@@ -186,7 +194,7 @@ void Trainer::cache_all_latents() {
   std::set<int64_t> seen;
   for (const auto* items : {&data_.train, &data_.validation})
     for (const auto& item : *items)
-      if (seen.insert(item.image_index * 2).second) {
+      if (seen.insert(item.image_index).second) {
         todo.emplace_back(&item, false);
         if (config_.data.random_flip && items == &data_.train) todo.emplace_back(&item, true);
       }
@@ -511,28 +519,17 @@ void Trainer::restore(const fs::path& state_file) {
       }
   }
   for (auto& optimizer : optimizers_.entries) {
-    StateDict optimizer_state;
-    const auto prefix = "optimizer." + optimizer.state_prefix + ".";
-    for (const auto& entry : state.entries())
-      if (entry.name.starts_with(prefix))
-        optimizer_state[entry.name.substr(prefix.size())] = state.tensor(entry.name);
+    const auto optimizer_state = entries_under(state, "optimizer." + optimizer.state_prefix + ".");
     // A part that starts training at this resume (or changes optimizer) starts with fresh state.
     if (!optimizer_state.empty()) optimizer.optimizer->load_state(optimizer_state);
   }
   if (scaler_) {
-    StateDict scaler_state;
-    for (const auto& entry : state.entries())
-      if (entry.name.starts_with("grad_scaler."))
-        scaler_state[entry.name.substr(std::string("grad_scaler.").size())] = state.tensor(entry.name);
+    const auto scaler_state = entries_under(state, "grad_scaler.");
     if (!scaler_state.empty()) scaler_->load_state(scaler_state);
   }
   for (auto& part : parts_) {
     // An average that was saved continues; one switched on at this resume starts from the weights.
-    StateDict ema_state;
-    const auto ema_prefix = "ema." + part.name + ".";
-    for (const auto& entry : state.entries())
-      if (entry.name.starts_with(ema_prefix))
-        ema_state[entry.name.substr(ema_prefix.size())] = state.tensor(entry.name);
+    const auto ema_state = entries_under(state, "ema." + part.name + ".");
     if (part.ema && !ema_state.empty()) part.ema->load_state(ema_state);
     if (part.ema && ema_state.empty()) part.ema->reset_to_weights();
   }
@@ -713,13 +710,14 @@ TrainResult Trainer::run() {
       if (options_.group) {
         // A parameter no rank produced a gradient for (unused at this CLIP skip, say) stays without
         // one, as in a single process, so the optimizer skips it there too.
-        auto has_grad = torch::zeros({static_cast<int64_t>(trainable.size())}, torch::kFloat32);
-        for (size_t i = 0; i < trainable.size(); ++i)
-          if (trainable[i].grad().defined()) has_grad[static_cast<int64_t>(i)] = 1.0f;
+        std::vector<float> flags(trainable.size());
+        for (size_t i = 0; i < trainable.size(); ++i) flags[i] = trainable[i].grad().defined() ? 1.0f : 0.0f;
+        const auto has_grad = torch::tensor(flags);
         options_.group->all_reduce_sum(has_grad);
+        const float* anywhere = has_grad.data_ptr<float>();
         options_.group->all_reduce_gradients(trainable);
         for (size_t i = 0; i < trainable.size(); ++i)
-          if (has_grad[static_cast<int64_t>(i)].item<float>() == 0.0f) trainable[i].mutable_grad().reset();
+          if (anywhere[i] == 0.0f) trainable[i].mutable_grad().reset();
         auto reduced = torch::tensor({step_loss}, torch::kFloat64);
         options_.group->all_reduce_sum(reduced);
         step_loss = reduced.item<double>();
