@@ -34,6 +34,7 @@
 #include "train/training_data.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/memory.h"
 #include "util/progress.h"
 
 namespace kiln {
@@ -336,6 +337,7 @@ void Trainer::evaluate(int64_t epoch) {
   if (!data_.validation.empty()) values["loss/val"] = fixed_noise_loss(data_.validation, 1);
   if (!stabilize_items_.empty()) values["loss/stabilize-train"] = fixed_noise_loss(stabilize_items_, 2);
   if (values.empty()) return;
+  release_free_memory();
   log_->log(global_step_, values, epoch);
   std::string line = fmt::format("epoch {}:", epoch);
   for (const auto& [tag, value] : values) line += fmt::format(" {} {:.6f}", tag, value);
@@ -381,6 +383,7 @@ void Trainer::save(int64_t epoch, int64_t batch) {
   for (int64_t attempt = 1;; ++attempt) {
     try {
       save_once(epoch, batch);
+      release_free_memory();
       return;
     } catch (const Error& e) {
       const auto& c = config_.checkpoints;
