@@ -3,6 +3,8 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include "models/attention.h"
+#include "models/onednn.h"
 #include "models/autocast.h"
 #include "models/clip_text.h"
 #include "models/configs.h"
@@ -30,19 +32,51 @@ void BM_MatmulFp32(benchmark::State& state) {
 }
 BENCHMARK(BM_MatmulFp32)->Arg(2048)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
+// One SD 1.5 attention call (batch 1): args q_len, k_len, channels, heads, kernel (0 chunked, 1 onednn).
+// 4096/4096/320 is the 512² image's biggest self-attention; k_len 77 is a cross-attention.
+void BM_Attention(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  const int64_t q_len = state.range(0), k_len = state.range(1), channels = state.range(2), heads = state.range(3);
+  const auto kernel = state.range(4) == 1 ? kiln::AttentionKernel::OneDnn : kiln::AttentionKernel::Chunked;
+  if (kernel == kiln::AttentionKernel::OneDnn && !kiln::onednn_available()) {
+    state.SkipWithError("built without oneDNN");
+    return;
+  }
+  auto q = torch::randn({1, q_len, channels}), k = torch::randn({1, k_len, channels}), v = torch::randn({1, k_len, channels});
+  for (auto _ : state) benchmark::DoNotOptimize(kiln::multi_head_attention(q, k, v, heads, std::nullopt, {kernel}));
+  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * q_len * k_len * channels * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Attention)
+    ->ArgNames({"q", "k", "ch", "heads", "onednn"})
+    ->ArgsProduct({{4096}, {4096, 77}, {320}, {8}, {0, 1}})
+    ->ArgsProduct({{1024}, {1024, 77}, {640}, {8}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0)
+    ->UseRealTime();
+
 void BM_UNetForward(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   const int64_t side = state.range(0);  // latent side: 64 = 512 px
   kiln::UNet2DConditionModel unet(kiln::sd15_configs().unet);
   unet->eval();
+  // Second argument: the attention kernel, 0 chunked (libtorch's bmm), 1 auto (oneDNN where built in).
+  if (state.range(1) == 0) unet->set_attention({kiln::AttentionKernel::Chunked});
   auto sample = torch::randn({1, 4, side, side});
   auto timestep = torch::tensor({500}, torch::kLong);
   auto context = torch::randn({1, 77, 768});
+  // One pass first, untimed: a sampler runs many, and the first pays for oneDNN's kernel compilation.
+  unet->forward(sample, timestep, context);
   for (auto _ : state) benchmark::DoNotOptimize(unet->forward(sample, timestep, context));
   const double flops = kUNetFlops64 * (side * side) / (64.0 * 64.0);  // attention excepted, ~linear in pixels
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_UNetForward)->Arg(32)->Arg(64)->Unit(benchmark::kSecond)->Iterations(2)->UseRealTime();
+BENCHMARK(BM_UNetForward)
+    ->ArgNames({"side", "auto_attention"})
+    ->ArgsProduct({{32, 64}, {0, 1}})
+    ->Unit(benchmark::kSecond)
+    ->Iterations(2)
+    ->UseRealTime();
 
 // The same pass under bf16 autocast (training.mixed_precision = "bf16"): oneDNN uses AVX-512 BF16 /
 // AMX where the CPU has them. The rate still counts the fp32 FLOPs, against the fp32 matmul rate.
@@ -55,6 +89,7 @@ void BM_UNetForwardBf16Autocast(benchmark::State& state) {
   auto timestep = torch::tensor({500}, torch::kLong);
   auto context = torch::randn({1, 77, 768});
   const kiln::AutocastGuard autocast(torch::kCPU, kiln::MixedPrecision::BF16);
+  unet->forward(sample, timestep, context);  // untimed, as in BM_UNetForward
   for (auto _ : state) benchmark::DoNotOptimize(unet->forward(sample, timestep, context));
   const double flops = kUNetFlops64 * (side * side) / (64.0 * 64.0);
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);

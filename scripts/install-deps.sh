@@ -5,6 +5,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libtorch-dev                       # libtorch 1.13 (CPU) and its CMake config
   libgloo-dev                        # gloo headers for c10d ProcessGroupGloo (kiln train --nproc)
+  libdnnl-dev                        # oneDNN headers: fast CPU attention under libtorch 1.13
   libopenblas0-pthread               # fast BLAS behind libtorch (the reference ran on OpenBLAS 0.3.21)
   nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev
   libssl-dev                         # SHA-256 for the AUTOMATIC1111 model hashes

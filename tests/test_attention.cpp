@@ -5,6 +5,7 @@
 
 #include "golden_compare.h"
 #include "models/attention.h"
+#include "models/onednn.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -34,6 +35,52 @@ TEST(Attention, ChunkedEqualsPlainForSelfAndCrossAttention) {
   }
 }
 
+// oneDNN's primitives read and write the [B, L, H*D] tensors through strides: every head, batch
+// entry and slice (a short last one included) must land where bmm puts it.
+TEST(Attention, OneDnnEqualsPlain) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN (libtorch >= 2 or no libdnnl-dev)";
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(9);
+  for (const auto& c : {Case{2, 300, 300, 8, 8}, Case{2, 257, 77, 8, 40}, Case{1, 1024, 1024, 1, 64}}) {
+    auto q = torch::randn({c.batch, c.q_len, c.heads * c.head_dim});
+    auto k = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
+    auto v = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
+    const auto plain = multi_head_attention(q, k, v, c.heads, std::nullopt, {AttentionKernel::Plain});
+    for (const int64_t rows : {int64_t{7}, c.q_len}) {
+      AttentionOptions sliced{AttentionKernel::OneDnn, rows * c.batch * c.heads * c.k_len * 4};
+      const auto out = multi_head_attention(q, k, v, c.heads, std::nullopt, sliced);
+      EXPECT_TRUE(test::all_close(out, plain, kRounding, "onednn " + std::to_string(c.q_len) + " rows " +
+                                                             std::to_string(rows)));
+    }
+    // A view that is not contiguous (every other token) goes through the same path.
+    const auto every_other = q.slice(1, 0, c.q_len, 2);
+    EXPECT_TRUE(test::all_close(multi_head_attention(every_other, k, v, c.heads, std::nullopt, {AttentionKernel::OneDnn}),
+                                multi_head_attention(every_other, k, v, c.heads, std::nullopt, {AttentionKernel::Plain}),
+                                kRounding, "onednn strided query"));
+  }
+}
+
+// Training records a graph oneDNN cannot give gradients for, and a mask is not passed to it: both
+// go through the chunked path, and gradients flow.
+TEST(Attention, OneDnnStepsAsideForGradientsAndMasks) {
+  if (!onednn_available()) GTEST_SKIP() << "built without oneDNN";
+  torch::manual_seed(10);
+  auto q = torch::randn({1, 64, 32}, torch::requires_grad()), k = torch::randn({1, 64, 32}), v = torch::randn({1, 64, 32});
+  EXPECT_FALSE(onednn_applies({&q, &k, &v}));
+  auto out = multi_head_attention(q, k, v, 4, std::nullopt, {AttentionKernel::OneDnn});
+  out.sum().backward();
+  ASSERT_TRUE(q.grad().defined());
+  EXPECT_GT(q.grad().abs().sum().item<double>(), 0.0);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(onednn_applies({&q, &k, &v}));
+  const auto q_half = q.to(torch::kBFloat16);
+  EXPECT_FALSE(onednn_applies({&q_half, &k, &v}));
+  const auto mask = causal_attention_mask(64, torch::kFloat32, torch::kCPU);
+  EXPECT_TRUE(test::all_close(multi_head_attention(q, k, v, 4, mask, {AttentionKernel::OneDnn}),
+                              multi_head_attention(q, k, v, 4, mask, {AttentionKernel::Plain}), kRounding,
+                              "onednn with a mask"));
+}
+
 TEST(Attention, ChunkedKeepsTheMaskRowsAligned) {
   torch::manual_seed(8);
   const int64_t len = 77, heads = 4;
@@ -52,6 +99,8 @@ TEST(Attention, KernelNamesParseAndUnknownOnesAreRefused) {
   EXPECT_EQ(parse_attention_kernel("plain"), AttentionKernel::Plain);
   EXPECT_EQ(attention_kernel_name(parse_attention_kernel("auto")), "auto");
   EXPECT_THROW(parse_attention_kernel("flash"), Error);
+  if (onednn_available()) EXPECT_EQ(parse_attention_kernel("onednn"), AttentionKernel::OneDnn);
+  else EXPECT_THROW(parse_attention_kernel("onednn"), Error);
   if (!fused_attention_available()) {
     EXPECT_THROW(parse_attention_kernel("fused"), Error);
   }
@@ -66,6 +115,12 @@ TEST(Attention, UNetWithChunkedAttentionMatchesGolden) {
   auto out = models.unet->forward(golden.tensor("sample"), golden.tensor("timestep"),
                                   golden.tensor("encoder_hidden_states"));
   EXPECT_TRUE(test::all_close(out, golden.tensor("out"), test::kDeepForward, "unet out (chunked)"));
+  if (onednn_available()) {
+    models.unet->set_attention({AttentionKernel::OneDnn, 1024});
+    out = models.unet->forward(golden.tensor("sample"), golden.tensor("timestep"),
+                               golden.tensor("encoder_hidden_states"));
+    EXPECT_TRUE(test::all_close(out, golden.tensor("out"), test::kDeepForward, "unet out (onednn)"));
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "models/onednn.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -23,13 +24,19 @@ AttentionKernel parse_attention_kernel(const std::string& name) {
   if (name == "auto") return AttentionKernel::Auto;
   if (name == "plain") return AttentionKernel::Plain;
   if (name == "chunked") return AttentionKernel::Chunked;
+  if (name == "onednn") {
+    if (!onednn_available())
+      throw Error("attention 'onednn' is not in this build (it needs libtorch < 2 and Debian's libdnnl-dev); use auto, "
+                  "plain or chunked");
+    return AttentionKernel::OneDnn;
+  }
   if (name == "fused") {
     if (!fused_attention_available())
       throw Error("attention 'fused' needs libtorch >= 2 (this build has " TORCH_VERSION
                   "); use auto, plain or chunked");
     return AttentionKernel::Fused;
   }
-  throw Error("unknown attention kernel '" + name + "' (auto, plain, chunked, fused)");
+  throw Error("unknown attention kernel '" + name + "' (auto, plain, chunked, onednn, fused)");
 }
 
 std::string attention_kernel_name(AttentionKernel kernel) {
@@ -40,6 +47,8 @@ std::string attention_kernel_name(AttentionKernel kernel) {
       return "plain";
     case AttentionKernel::Chunked:
       return "chunked";
+    case AttentionKernel::OneDnn:
+      return "onednn";
     case AttentionKernel::Fused:
       return "fused";
   }
@@ -81,11 +90,17 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
   auto merge = [&](const torch::Tensor& t) {
     return t.permute({0, 2, 1, 3}).reshape({batch, q_len, channels});
   };
-  auto qh = split(q, q_len), kh = split(k, k_len), vh = split(v, k_len);
-
   auto kernel = options.kernel;
+  const bool onednn_fits = !mask && q.dim() == 3 && onednn_applies({&q, &k, &v});
   if (kernel == AttentionKernel::Auto)
-    kernel = fused_attention_available() ? AttentionKernel::Fused : AttentionKernel::Chunked;
+    kernel = fused_attention_available() ? AttentionKernel::Fused
+             : onednn_fits               ? AttentionKernel::OneDnn
+                                         : AttentionKernel::Chunked;
+  if (kernel == AttentionKernel::OneDnn) {
+    if (onednn_fits) return onednn_attention(q, k, v, num_heads, scale, options.chunk_bytes);
+    kernel = AttentionKernel::Chunked;  // training (a graph to record), a mask or not CPU fp32
+  }
+  auto qh = split(q, q_len), kh = split(k, k_len), vh = split(v, k_len);
 #if TORCH_VERSION_MAJOR >= 2
   if (kernel == AttentionKernel::Fused) {
     c10::optional<torch::Tensor> fused_mask;  // c10::optional: not yet std::optional before torch 2.3

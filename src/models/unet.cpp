@@ -4,6 +4,7 @@
 
 #include "models/attention.h"
 #include "models/gradient_checkpoint.h"
+#include "models/onednn.h"
 
 namespace kiln {
 namespace F = torch::nn::functional;
@@ -81,8 +82,9 @@ CrossAttentionImpl::CrossAttentionImpl(int64_t query_dim, int64_t context_dim, i
 }
 
 torch::Tensor CrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
-  auto out = multi_head_attention(to_q(x), to_k(context), to_v(context), heads_, std::nullopt, attention);
-  return to_out[0]->as<torch::nn::Linear>()->forward(out);
+  auto out = multi_head_attention(apply_linear(*to_q, x), apply_linear(*to_k, context),
+                                  apply_linear(*to_v, context), heads_, std::nullopt, attention);
+  return apply_linear(*to_out[0]->as<torch::nn::Linear>(), out);
 }
 
 GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out) {
@@ -90,7 +92,7 @@ GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out) {
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);  // value, gate
+  auto parts = apply_linear(*proj, x).chunk(2, -1);  // value, gate
   return parts[0] * torch::gelu(parts[1]);
 }
 
@@ -100,7 +102,7 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim) {
   net = register_module("net", torch::nn::ModuleList(geglu, torch::nn::Dropout(0.0), out));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) { return out(geglu(x)); }
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) { return apply_linear(*out, geglu(x)); }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t context_dim) {
   auto layer_norm = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-5)); };

@@ -68,7 +68,7 @@ void add_sample_options(CLI::App& cmd, SampleOptions& o, bool require_model) {
   cmd.add_option("--clip-skip", o.clip_skip, "CLIP skip (A1111: 1 = last layer, 2 = penultimate)")
       ->capture_default_str();
   cmd.add_option("--batch", o.batch, "images per prompt")->capture_default_str();
-  cmd.add_option("--attention", o.attention, "auto, plain, chunked (less memory) or fused (libtorch >= 2)")
+  cmd.add_option("--attention", o.attention, "auto, plain, chunked (less memory), onednn (fast on CPU, libtorch 1.x) or fused (libtorch >= 2)")
       ->capture_default_str();
   cmd.add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
 }
