@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "golden_compare.h"
 #include "models/attention.h"
 #include "models/onednn.h"
@@ -16,13 +18,21 @@ constexpr test::Tolerance kRounding{1e-6, 1e-5};
 struct Case {
   int64_t batch, q_len, k_len, heads, head_dim;
 };
+// Self-attention, cross-attention to 77 text tokens, and one wide head (the VAE's).
+const std::vector<Case> kCases{{2, 300, 300, 8, 8}, {2, 257, 77, 8, 40}, {1, 1024, 1024, 1, 64}};
+
+struct Inputs {
+  torch::Tensor q, k, v;
+};
+Inputs random_inputs(const Case& c) {
+  return {torch::randn({c.batch, c.q_len, c.heads * c.head_dim}), torch::randn({c.batch, c.k_len, c.heads * c.head_dim}),
+          torch::randn({c.batch, c.k_len, c.heads * c.head_dim})};
+}
 
 TEST(Attention, ChunkedEqualsPlainForSelfAndCrossAttention) {
   torch::manual_seed(7);
-  for (const auto& c : {Case{2, 300, 300, 8, 8}, Case{2, 257, 77, 8, 40}, Case{1, 1024, 1024, 1, 64}}) {
-    auto q = torch::randn({c.batch, c.q_len, c.heads * c.head_dim});
-    auto k = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
-    auto v = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
+  for (const auto& c : kCases) {
+    const auto [q, k, v] = random_inputs(c);
     const auto plain = multi_head_attention(q, k, v, c.heads, std::nullopt, {AttentionKernel::Plain});
     // A slice budget of ~5 rows forces dozens of slices, including a short last one.
     AttentionOptions chunked{AttentionKernel::Chunked, 5 * c.batch * c.heads * c.k_len * 4 + 3};
@@ -41,10 +51,8 @@ TEST(Attention, OneDnnEqualsPlain) {
   if (!onednn_available()) GTEST_SKIP() << "built without oneDNN (libtorch >= 2 or no libdnnl-dev)";
   torch::NoGradGuard no_grad;
   torch::manual_seed(9);
-  for (const auto& c : {Case{2, 300, 300, 8, 8}, Case{2, 257, 77, 8, 40}, Case{1, 1024, 1024, 1, 64}}) {
-    auto q = torch::randn({c.batch, c.q_len, c.heads * c.head_dim});
-    auto k = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
-    auto v = torch::randn({c.batch, c.k_len, c.heads * c.head_dim});
+  for (const auto& c : kCases) {
+    const auto [q, k, v] = random_inputs(c);
     const auto plain = multi_head_attention(q, k, v, c.heads, std::nullopt, {AttentionKernel::Plain});
     for (const int64_t rows : {int64_t{7}, c.q_len}) {
       AttentionOptions sliced{AttentionKernel::OneDnn, rows * c.batch * c.heads * c.k_len * 4};
