@@ -268,6 +268,24 @@ TEST_F(CliTest, SampleRefusesBadInputWithOneClearError) {
   EXPECT_FALSE(fs::exists(out) && !fs::is_empty(out));
 }
 
+// --device is read before any work: a device that does not exist, or CUDA where none is usable, stops
+// the command with the reason and leaves no output behind.
+TEST_F(CliTest, UnusableDeviceIsRefusedBeforeAnyWork) {
+  std::vector<std::pair<std::string, std::string>> refused{{"tpu", "--device 'tpu': expected cpu, cuda or cuda:N"}};
+  if (!torch::cuda::is_available()) refused.push_back({"cuda", "--device cuda: no CUDA device is usable here"});
+  for (const auto& [device, message] : refused) {
+    SCOPED_TRACE(device);
+    const auto out = dir_ / ("out-" + device);
+    auto r = run_kiln("sample " + tiny_sample_args() + " --prompt x --device " + device + " --out " + out.string());
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    r = run_kiln("demo --quick --device " + device + " --out " + out.string() + " --cache " + (dir_ / "cache").string());
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out));
+  }
+}
+
 TEST_F(CliTest, GridAssemblesLabelledCellsReusesThemAndWritesAGif) {
   // Two "checkpoints": the tiny model and its diffusers-folder copy.
   const auto folder = dir_ / "tiny-diffusers";

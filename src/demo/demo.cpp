@@ -104,6 +104,7 @@ void Demo::grid(const std::vector<fs::path>& checkpoints, const std::vector<std:
   request.out_dir = out_dir;
   request.gif = gif;
   request.zoom = scale_.zoom;
+  request.device = options_.device;
   make_comparison_grid(request);
 }
 
@@ -164,6 +165,7 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   TrainOptions train_options;
   train_options.run_dir = run.run_dir;
   train_options.console = options_.console;
+  train_options.device = options_.device;
   const auto trained = train(config, train_options);
   run.checkpoints = experiment.lora ? merged_lora_checkpoints(run, trained.checkpoints) : trained.checkpoints;
   for (const auto& path : run.checkpoints) {
@@ -188,6 +190,7 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   request.prompts = demo_control_prompts();
   request.seeds = scale_.seeds;
   request.settings = cell_settings();
+  request.device = options_.device;
   const auto diagnosis = diagnose(request);
   write_diagnosis(diagnosis, run.run_dir / "diagnose");
   const auto json = diagnosis.to_json();

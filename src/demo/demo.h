@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/types.h>
+
 #include "demo/demo_base.h"
 #include "demo/demo_world.h"
 
@@ -51,6 +53,9 @@ struct DemoOptions {
   std::optional<std::filesystem::path> cache_dir;
   bool retrain_base = false;
   bool quick = false;
+  // Where the experiments train and their grids and diagnoses are drawn. The base model, when kiln
+  // trains it, trains on the CPU: it is tiny and trained once.
+  torch::Device device = torch::kCPU;
   std::ostream* console = nullptr;
 };
 

@@ -10,12 +10,13 @@
 
 #include "commands.h"
 #include "demo/demo.h"
+#include "models/device.h"
 
 namespace kiln::cli {
 namespace {
 
 struct DemoCommand {
-  std::string out = "kiln-demo", base, cache;
+  std::string out = "kiln-demo", base, cache, device = "cpu";
   bool quick = false, retrain_base = false;
 };
 
@@ -27,6 +28,7 @@ void run_demo_command(const DemoCommand& c) {
   options.quick = c.quick;
   options.shipped_base = std::filesystem::path(KILN_DEMO_BASE_DIR);
   options.retrain_base = c.retrain_base;
+  options.device = parse_device(c.device);
   options.console = &std::cerr;
   const auto result = run_demo(options);
   std::cerr << fmt::format("\nkiln demo finished in {:.0f} s ({:.1f} min). Open the report:\n", result.seconds,
@@ -44,6 +46,8 @@ void add_demo_command(CLI::App& app) {
   cmd->add_option("--base", c->base, "use this trained demo base (diffusers folder) instead of the cached one");
   cmd->add_option("--cache", c->cache, "where the base model is kept (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)");
   cmd->add_flag("--retrain-base", c->retrain_base, "train the base model again even when one is cached");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N: where the experiments train and draw")
+      ->capture_default_str();
   cmd->add_flag("--quick", c->quick, "every step at a tiny size (seconds of training; for tests and CI)");
   cmd->callback([c] { run_demo_command(*c); });
 }
