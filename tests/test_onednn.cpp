@@ -21,7 +21,7 @@ TEST(OneDnnLinear, EqualsTorchLinearWithAndWithoutBias) {
     for (const auto& x : {torch::randn({5, 48}), torch::randn({2, 37, 48}), torch::randn({2, 48, 37}).transpose(1, 2)}) {
       ASSERT_TRUE(onednn_applies({&x, &layer->weight}));  // the oneDNN path, not the fallback, is compared
       const auto expected = layer->forward(x);
-      const auto out = apply_linear(*layer, x);
+      const auto out = apply_linear(*layer, x, /*min_flops=*/0);
       EXPECT_EQ(out.sizes(), expected.sizes());
       EXPECT_TRUE(test::all_close(out, expected, kRounding, bias ? "with bias" : "without bias"));
     }
@@ -34,13 +34,13 @@ TEST(OneDnnLinear, LeavesGraphsAndAutocastToTorch) {
   torch::nn::Linear layer(16, 8);
   auto x = torch::randn({4, 16});
   // Training: the weight needs a gradient, which only libtorch's path records.
-  apply_linear(*layer, x).sum().backward();
+  apply_linear(*layer, x, 0).sum().backward();
   ASSERT_TRUE(layer->weight.grad().defined());
   EXPECT_TRUE(test::all_close(layer->weight.grad(), x.sum(0).expand({8, 16}), kRounding, "weight grad"));
   // bf16 autocast: the result is libtorch's bf16 linear, not an fp32 one.
   torch::NoGradGuard no_grad;
   const AutocastGuard autocast(torch::kCPU, MixedPrecision::BF16);
-  EXPECT_EQ(apply_linear(*layer, x).scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(apply_linear(*layer, x, 0).scalar_type(), torch::kBFloat16);
 }
 
 }  // namespace

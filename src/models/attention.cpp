@@ -92,10 +92,11 @@ torch::Tensor multi_head_attention(const torch::Tensor& q, const torch::Tensor& 
   };
   auto kernel = options.kernel;
   const bool onednn_fits = !mask && q.dim() == 3 && onednn_applies({&q, &k, &v});
+  const double flops = 4.0 * static_cast<double>(batch * q_len * k_len * channels);
   if (kernel == AttentionKernel::Auto)
-    kernel = fused_attention_available() ? AttentionKernel::Fused
-             : onednn_fits               ? AttentionKernel::OneDnn
-                                         : AttentionKernel::Chunked;
+    kernel = fused_attention_available()               ? AttentionKernel::Fused
+             : onednn_fits && flops >= kOneDnnMinFlops ? AttentionKernel::OneDnn
+                                                       : AttentionKernel::Chunked;
   if (kernel == AttentionKernel::OneDnn) {
     if (onednn_fits) return onednn_attention(q, k, v, num_heads, scale, options.chunk_bytes);
     kernel = AttentionKernel::Chunked;  // training (a graph to record), a mask or not CPU fp32

@@ -12,7 +12,8 @@ namespace kiln {
 // Chunked walks the queries in slices whose scores fit `chunk_bytes`, Fused is libtorch ≥ 2's
 // scaled_dot_product_attention (flash / memory-efficient kernels), OneDnn is Chunked through oneDNN's
 // matmul and softmax (2.7x faster on CPU under libtorch 1.13; inference without a mask only, else it
-// computes as Chunked). Auto: Fused where libtorch has it, else OneDnn where it applies, else Chunked.
+// computes as Chunked). Auto: Fused where libtorch has it, else OneDnn where it applies to a call of at
+// least kOneDnnMinFlops (models/onednn.h), else Chunked.
 enum class AttentionKernel { Auto, Plain, Chunked, OneDnn, Fused };
 AttentionKernel parse_attention_kernel(const std::string& name);  // auto | plain | chunked | onednn | fused
 std::string attention_kernel_name(AttentionKernel kernel);

@@ -56,9 +56,10 @@ struct SlicePrimitives {
 
 bool onednn_available() { return true; }
 
-torch::Tensor apply_linear(torch::nn::LinearImpl& layer, const torch::Tensor& x) {
+torch::Tensor apply_linear(torch::nn::LinearImpl& layer, const torch::Tensor& x, double min_flops) {
   const bool has_bias = layer.bias.defined();
-  if (!onednn_applies({&x, &layer.weight}) || (has_bias && !onednn_applies({&layer.bias})) || x.dim() < 2)
+  if (!onednn_applies({&x, &layer.weight}) || (has_bias && !onednn_applies({&layer.bias})) || x.dim() < 2 ||
+      2.0 * static_cast<double>(x.numel()) * static_cast<double>(layer.weight.size(0)) < min_flops)
     return layer.forward(x);
   const auto input = x.contiguous();
   const auto weight = layer.weight.contiguous();
@@ -128,7 +129,7 @@ torch::Tensor onednn_attention(const torch::Tensor&, const torch::Tensor&, const
   throw Error("attention 'onednn' is not in this build (it needs libtorch < 2 and oneDNN 2 headers: Debian libdnnl-dev)");
 }
 
-torch::Tensor apply_linear(torch::nn::LinearImpl& layer, const torch::Tensor& x) { return layer.forward(x); }
+torch::Tensor apply_linear(torch::nn::LinearImpl& layer, const torch::Tensor& x, double) { return layer.forward(x); }
 
 #endif
 
