@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <malloc.h>
+
 #include <fstream>
 #include <string>
 
@@ -23,6 +25,13 @@ int64_t resident_kib() {
   for (std::string line; std::getline(status, line);)
     if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
   return -1;
+}
+
+// Bytes handed out by malloc and not yet freed, in KiB: the arenas' blocks in use plus the blocks
+// malloc mapped on their own (glibc's mallinfo2).
+int64_t allocated_kib() {
+  const auto info = mallinfo2();
+  return static_cast<int64_t>((info.uordblks + info.hblkhd) / 1024);
 }
 
 class LongRunTest : public test::TempDirTest {};
@@ -53,29 +62,41 @@ keep_last_states = 1
 tensorboard = true
 )",
                                        "long.toml");
-  std::vector<std::pair<int64_t, int64_t>> samples;  // (step, KiB)
+  struct Sample {
+    int64_t step, resident_kib, allocated_kib;
+  };
+  std::vector<Sample> samples;
   TrainOptions options;
   options.run_dir = dir_ / "run";
   options.after_step = [&](int64_t step, const std::vector<torch::Tensor>&) {
-    if (step % 50 == 0) samples.emplace_back(step, resident_kib());
+    if (step % 50 == 0) samples.push_back({step, resident_kib(), allocated_kib()});
   };
   const auto result = train(config, options);
   ASSERT_EQ(result.global_step, 1000);
   ASSERT_EQ(samples.size(), 20u);
   // Warm-up: allocator pools, optimizer state, latent cache, the first checkpoint (step 200) and the
-  // first validation (step 250).
-  int64_t after_warmup = 0, highest = 0;
-  for (const auto& [step, kib] : samples) {
-    if (step == 300) after_warmup = kib;
-    if (step >= 300) highest = std::max(highest, kib);
-  }
+  // first validation (step 250). Growth is measured over the last 700 steps (4 checkpoints, 2 validations).
+  const auto growth = [&](int64_t Sample::*field) {
+    int64_t at_warmup = 0, highest = 0;
+    for (const auto& sample : samples) {
+      if (sample.step == 300) at_warmup = sample.*field;
+      if (sample.step >= 300) highest = std::max(highest, sample.*field);
+    }
+    return highest - at_warmup;
+  };
   std::string trace;
-  for (const auto& [step, kib] : samples) trace += fmt::format(" {}:{}MiB", step, kib / 1024);
-  std::cout << "resident memory by step:" << trace << "\n";
-  // Bound: 12 MiB over the last 700 steps (4 checkpoints, 2 validations). Measured: +6 MiB at most, going
-  // up and down with the allocator (307 -> 312 -> 307 -> 313 MiB), not with the step count. The bound
-  // catches a leak of about 18 KiB per step or more; the trace above shows smaller drifts.
-  EXPECT_LT(highest - after_warmup, 12 * 1024) << trace;
+  for (const auto& s : samples)
+    trace += fmt::format(" {}:{}/{}MiB", s.step, s.resident_kib / 1024, s.allocated_kib / 1024);
+  std::cout << "resident / allocated memory by step:" << trace << "\n";
+  // What the program holds: every block malloc has handed out (libtorch's tensors included) and not
+  // taken back. Measured: constant to the MiB (123 MiB) from step 50 to 1000, in every run. 4 MiB over 700 steps
+  // catches a leak of 6 KiB per step.
+  EXPECT_LT(growth(&Sample::allocated_kib), 4 * 1024) << trace;
+  // What the system sees moves by itself: after some checkpoint saves it rises 6-17 MiB and may fall
+  // back at a later one (296 -> 313 -> 296 MiB alone; +17 and +19 MiB to the end in two CI runs beside
+  // another test) while the allocated memory does not move: pages the C library keeps or libraries map,
+  // not memory kiln holds. 32 MiB catches a leak outside malloc of ~46 KiB per step.
+  EXPECT_LT(growth(&Sample::resident_kib), 32 * 1024) << trace;
 }
 
 }  // namespace
