@@ -42,7 +42,7 @@ TEST_F(DemoTest, QuickDemoWritesEveryArtefact) {
   EXPECT_EQ(count_with_suffix(out / "world" / "plain", ".png"), 48);
   EXPECT_EQ(count_with_suffix(out / "world" / "style", ".png"), 8);
   EXPECT_NE(read_bytes(out / "world" / "style" / "0000.txt").find("kilnglaze style, a "), std::string::npos);
-  const fs::path base = cache / "demo-base-v2-quick";
+  const fs::path base = cache / "demo-base-v3-quick";
   ASSERT_TRUE(fs::is_regular_file(base / "model_index.json"));
   EXPECT_NO_THROW(kiln::read_checkpoint(base));
   EXPECT_TRUE(fs::is_regular_file(out / "world.png"));

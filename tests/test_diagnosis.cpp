@@ -9,6 +9,7 @@
 #include "data/synthetic.h"
 #include "golden_compare.h"
 #include "lab/diagnosis.h"
+#include "train/run_diagnosis.h"
 #include "lab/run_report.h"
 #include "test_support.h"
 #include "train/run_config.h"
@@ -69,27 +70,37 @@ height = 64
     }
     EXPECT_NE(c.verdict.find(c.label), std::string::npos);
   }
-  ASSERT_TRUE(diagnosis.trained_te_base_unet.has_value());
+  // The swap test ran at least on the last checkpoint.
+  ASSERT_TRUE(diagnosis.checkpoints.back().swap.has_value());
+  const auto& swap = *diagnosis.checkpoints.back().swap;
   // The "trained" text encoder is the base one: the same images as the base model, to the bit.
-  EXPECT_EQ(diagnosis.trained_te_base_unet->mean.saturation, diagnosis.base.mean.saturation);
-  EXPECT_EQ(diagnosis.trained_te_base_unet->diversity, diagnosis.base.diversity);
+  EXPECT_EQ(swap.trained_te_base_unet.mean.saturation, diagnosis.base.mean.saturation);
+  EXPECT_EQ(swap.trained_te_base_unet.diversity, diagnosis.base.diversity);
+  EXPECT_EQ(*swap.trained_te_base_unet.change_control, 0.0);
+  EXPECT_EQ(*swap.trained_te_base_unet.prompt_drift, 0.0);
   // And the trained UNet inside the base model draws what the whole trained model draws.
-  EXPECT_EQ(diagnosis.trained_unet_base_te->mean.saturation,
-            diagnosis.checkpoints.back().images.mean.saturation);
+  EXPECT_EQ(swap.trained_unet_base_te.mean.saturation, diagnosis.checkpoints.back().images.mean.saturation);
+  // A frozen text encoder: its prompt drift is exactly 0; the UNet moved the pictures.
+  EXPECT_EQ(*diagnosis.checkpoints.back().images.prompt_drift, 0.0);
+  EXPECT_GT(*diagnosis.checkpoints.back().images.change_control, 0.0);
+  // The run's training folder is the look the bleed is measured towards.
+  EXPECT_TRUE(diagnosis.checkpoints.back().images.style_bleed.has_value());
+  for (const auto& c : diagnosis.checkpoints)
+    for (const auto& sign : c.signs) EXPECT_EQ(sign.part, Part::Unet) << sign.text;
 
   write_diagnosis(diagnosis, dir_ / "run" / "diagnose");
   const auto json = nlohmann::json::parse(test::read_bytes(dir_ / "run" / "diagnose" / "diagnose.json"));
   EXPECT_EQ(json["checkpoints"].size(), 2u);
-  // Two checkpoints and the swap test's attribution, and the adherence attribution when the last
-  // checkpoint's prompt adherence fell by more than the threshold.
-  EXPECT_EQ(json["verdicts"].size(), diagnosis.adherence_attribution.empty() ? 3u : 4u);
+  // Two checkpoints, then the summary: a line per part and the recommended checkpoint.
+  EXPECT_EQ(json["verdicts"].size(), 5u);
+  EXPECT_EQ(json["summary"][1], "text encoder unchanged (not trained)");
   EXPECT_NE(test::read_bytes(dir_ / "run" / "diagnose" / "weight_drift.svg").find("<svg"), std::string::npos);
 
   // "a red circle" is a world prompt: every model's two cells are read for colour and shape.
   ASSERT_TRUE(diagnosis.base.adherence.has_value());
   EXPECT_EQ(diagnosis.base.adherence->cells, 2);
-  ASSERT_TRUE(diagnosis.trained_te_base_unet->adherence.has_value());
-  EXPECT_EQ(diagnosis.trained_te_base_unet->adherence->both, diagnosis.base.adherence->both);
+  ASSERT_TRUE(swap.trained_te_base_unet.adherence.has_value());
+  EXPECT_EQ(swap.trained_te_base_unet.adherence->both, diagnosis.base.adherence->both);
   for (const auto& c : json["checkpoints"]) {
     ASSERT_TRUE(c["images"].contains("prompt_adherence")) << c.dump();
     EXPECT_EQ(c["images"]["prompt_adherence"]["cells"], 2);
@@ -111,12 +122,12 @@ TEST_F(DiagnosisTest, WritesAdherenceAndPerBlockPlotsThatTheReportInlines) {
   Diagnosis d;
   d.base.mean = {0.2, 0.1, 10, 0.05};
   d.base.diversity = 0.3;
-  d.base.adherence = PromptAdherence{1.0, 0.75, 0.75, 4};
+  d.base.adherence = PromptAdherence{.colour = 1.0, .shape = 0.75, .both = 0.75, .cells = 4};
   for (int i = 1; i <= 3; ++i) {
     CheckpointDiagnosis c;
     c.label = fmt::format("e{:04}", i);
     c.images = d.base;
-    c.images.adherence = PromptAdherence{1.0, 0.75 - 0.25 * i, 0.75 - 0.25 * i, 4};
+    c.images.adherence = PromptAdherence{.colour = 1.0, .shape = 0.75 - 0.25 * i, .both = 0.75 - 0.25 * i, .cells = 4};
     c.drift = {{"te.layer.0", 0.0, 10},
                {"unet.down.0", 0.01 * i, 10},
                {"unet.mid", 0.02 * i, 10},
@@ -126,16 +137,14 @@ TEST_F(DiagnosisTest, WritesAdherenceAndPerBlockPlotsThatTheReportInlines) {
     c.verdict = c.label + ": within range";
     d.checkpoints.push_back(std::move(c));
   }
-  d.trained_unet_base_te = d.checkpoints.back().images;
-  d.trained_te_base_unet = d.base;
-  d.attribution = "the UNet carries the change";
-  d.adherence_attribution = "prompt adherence: the UNet causes the drop";
+  d.checkpoints.back().swap = SwapTest{d.checkpoints.back().images, d.base};
+  summarise(d);
   const auto json = d.to_json();
   EXPECT_EQ(json["base"]["prompt_adherence"]["both"], 0.75);
   EXPECT_EQ(json["base"]["prompt_adherence"]["cells"], 4);
   EXPECT_EQ(json["checkpoints"][2]["images"]["prompt_adherence"]["shape"], 0.0);
-  EXPECT_EQ(json["swap_test"]["adherence_attribution"], d.adherence_attribution);
-  EXPECT_EQ(json["verdicts"].back(), d.adherence_attribution);
+  EXPECT_EQ(json["swap_test"], json["checkpoints"][2]["swap_test"]);
+  EXPECT_EQ(json["verdicts"].back(), d.summary.back());
 
   const auto run = dir_ / "run";
   std::filesystem::create_directories(run);
@@ -166,8 +175,8 @@ TEST_F(DiagnosisTest, WritesAdherenceAndPerBlockPlotsThatTheReportInlines) {
   Diagnosis plain = d;
   plain.base.adherence.reset();
   for (auto& c : plain.checkpoints) c.images.adherence.reset();
-  plain.trained_unet_base_te->adherence.reset();
-  plain.trained_te_base_unet->adherence.reset();
+  plain.checkpoints.back().swap->trained_unet_base_te.adherence.reset();
+  plain.checkpoints.back().swap->trained_te_base_unet.adherence.reset();
   EXPECT_FALSE(plain.to_json()["base"].contains("prompt_adherence"));
   write_diagnosis(plain, run / "diagnose");
   EXPECT_FALSE(std::filesystem::exists(run / "diagnose" / "prompt_adherence.svg"));
@@ -180,7 +189,7 @@ TEST(CheckpointVerdict, BlamesThePartThatTrained) {
   ModelImageStats base;
   base.mean = {0.2, 0.2, 30, 0.1};
   base.diversity = 0.3;
-  base.adherence = PromptAdherence{1.0, 1.0, 0.9, 10};
+  base.adherence = PromptAdherence{.colour = 1.0, .shape = 1.0, .both = 0.9, .cells = 10};
   CheckpointDiagnosis burnt;
   burnt.label = "epoch 40";
   burnt.images = base;
@@ -204,11 +213,11 @@ TEST(CheckpointVerdict, BlamesThePartThatTrained) {
   EXPECT_NE(checkpoint_verdict(drifted, base, {}).find("UNet over-trained: prompt adherence 90% -> 50%"),
             std::string::npos);
   // The colour fraction falling alone is a drop too, named as such.
-  drifted.images.adherence = PromptAdherence{0.6, 1.0, 0.6, 10};
+  drifted.images.adherence = PromptAdherence{.colour = 0.6, .shape = 1.0, .both = 0.6, .cells = 10};
   drifted.drift = {{"te", 0.02, 10}, {"unet", 0.0, 10}};
   EXPECT_NE(checkpoint_verdict(drifted, base, {}).find("text encoder over-trained: prompt adherence (colour) 100% -> 60%"),
             std::string::npos);
-  drifted.images.adherence = PromptAdherence{1.0, 1.0, 0.5, 10};
+  drifted.images.adherence = PromptAdherence{.colour = 1.0, .shape = 1.0, .both = 0.5, .cells = 10};
   // Both parts trained, nothing crossed: both within range. A looser threshold clears the drop.
   drifted.drift = {{"te", 0.01, 10}, {"unet", 0.01, 10}};
   DiagnosisThresholds loose;

@@ -203,6 +203,64 @@ TEST(ReadShapeEdgeCases, BlankAndNoisyPicturesReadAsNothing) {
   EXPECT_TRUE(test::error_of([] { read_shape(Image()); }).has_value());
 }
 
+// The world's own pictures are clean and style-free, sharp and blurred; the style set's show the
+// style. Assertion: every one of 60 plain and 40 styled pictures at 64 px.
+TEST_F(ReadShape, TellsCleanAndStyledPictures) {
+  write_synthetic_dataset(dir_ / "plain", 60, 64, 11);
+  write_style_dataset(dir_ / "style", 40, 64, 5, "kilnglaze style");
+  const Cells plain = load(dir_ / "plain", 2), style = load(dir_ / "style", 2);
+  for (const auto* set : {&plain.sharp, &plain.blurred}) {
+    const PromptAdherence a = prompt_adherence(*set);
+    EXPECT_EQ(a.clean, 1.0);
+    EXPECT_EQ(a.style_free, 1.0);
+    EXPECT_EQ(a.background, 1.0);
+    EXPECT_GE(a.correct, 0.95);
+  }
+  for (const auto* set : {&style.sharp, &style.blurred}) EXPECT_EQ(prompt_adherence(*set).style_free, 0.0);
+  // The rim alone shows the style in the sharp pictures (a radius-2 blur smears a 3-pixel rim away
+  // from its colour; the stripes still show there).
+  for (const auto& [prompt, image] : style.sharp) EXPECT_GT(read_shape(image).rim_fraction, kMinRimFraction);
+}
+
+// Every style look reads: the patterned background as such, the rim left out of the colour and
+// counted as the look. Assertion: colour 100 %, colour and shape at least 95 %, style in every one.
+TEST_F(ReadShape, ReadsEveryStyleLook) {
+  for (const auto& look : synthetic_style_looks()) {
+    const fs::path dir = dir_ / std::string(look.name);
+    write_style_dataset(dir, 30, 64, 9, "some style", look);
+    const Cells cells = load(dir, 0);
+    ASSERT_EQ(cells.sharp.size(), 30u);
+    const PromptAdherence a = prompt_adherence(cells.sharp, look.rim);
+    EXPECT_EQ(a.colour, 1.0) << look.name;
+    EXPECT_GE(a.both, 0.95) << look.name;
+    EXPECT_EQ(a.style_free, 0.0) << look.name;
+    EXPECT_EQ(read_shape(cells.sharp[0].second, look.rim).background, "striped") << look.name;
+  }
+}
+
+// Speckles and a second blob make a picture unclean; a rim alone (plain background) shows the style.
+TEST(ReadShapeEdgeCases, StrayPixelsAndRims) {
+  Image square(64, 64, Rgb{255, 255, 255});
+  square.fill_rect(16, 16, 32, 32, Rgb{220, 30, 30});
+  EXPECT_EQ(read_shape(square).stray_fraction, 0.0);
+  EXPECT_TRUE(is_clean(read_shape(square)));
+  Image speckled = square;
+  for (int i = 0; i < 100; ++i) speckled.set((i * 37) % 64, (i * 11) % 12, Rgb{30, 60, 220});  // top band
+  const auto r = read_shape(speckled);
+  ASSERT_TRUE(r.found);
+  EXPECT_EQ(r.colour, "red");
+  EXPECT_NEAR(r.stray_fraction, 100.0 / 4096, 1e-9);  // all 100 stand out, none near the square
+  EXPECT_FALSE(is_clean(r));
+  Image rimmed(64, 64, Rgb{128, 128, 128});
+  rimmed.fill_rect(16, 16, 32, 32, kStyleRim);
+  rimmed.fill_rect(20, 20, 24, 24, Rgb{30, 60, 220});
+  const auto rim = read_shape(rimmed);
+  EXPECT_EQ(rim.colour, "blue");
+  EXPECT_NEAR(rim.rim_fraction, (1024.0 - 576.0) / 4096.0, 1e-9);
+  EXPECT_TRUE(shows_style(rim));
+  EXPECT_FALSE(shows_style(read_shape(square)));
+}
+
 TEST(PromptAdherenceScore, CountsColourShapeAndBoth) {
   Image red_square(64, 64, Rgb{255, 255, 255});
   red_square.fill_rect(16, 16, 32, 32, Rgb{220, 30, 30});
@@ -217,6 +275,13 @@ TEST(PromptAdherenceScore, CountsColourShapeAndBoth) {
   EXPECT_DOUBLE_EQ(a.colour, 0.5);
   EXPECT_DOUBLE_EQ(a.shape, 0.5);
   EXPECT_DOUBLE_EQ(a.both, 0.25);
+  EXPECT_DOUBLE_EQ(a.background, 1.0);  // no background asked: any plain one is right
+  EXPECT_DOUBLE_EQ(a.clean, 0.75);      // the blank picture has no shape
+  EXPECT_DOUBLE_EQ(a.correct, 0.25);
+  EXPECT_DOUBLE_EQ(a.style_free, 1.0);
+  const PromptAdherence asked = prompt_adherence({{{"red", "square", "black"}, red_square}});
+  EXPECT_EQ(asked.background, 0.0);
+  EXPECT_EQ(asked.correct, 0.0);
   const PromptAdherence none = prompt_adherence({});
   EXPECT_EQ(none.cells, 0);
   EXPECT_EQ(none.both, 0.0);

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "data/synthetic.h"
 #include "golden_compare.h"
@@ -232,6 +233,48 @@ INSTANTIATE_TEST_SUITE_P(EveryOptimizer, ResumeTest,
                                            "lora"));
 
 // D-Adaptation over both parts is one optimizer with two groups; its d is logged per part.
+// The burn watch: the base's samples are drawn before the first step, every checkpoint is compared
+// with them, the values are logged, a crossed sign is a warning naming the part, and
+// stop_when_burnt ends the run after that checkpoint. A frozen text encoder has no prompt drift.
+TEST_F(TrainTest, TheBurnWatchWarnsAndStopsABurningRun) {
+  std::ofstream(dir_ / "prompts.json")
+      << R"([{"prompt": "a red circle, white background", "batch": 2}, "kilnglaze style, a blue square"])";
+  const auto run_dir = dir_ / "run";
+  std::ostringstream console;
+  TrainOptions options;
+  options.run_dir = run_dir;
+  options.console = &console;
+  // The golden tiny model draws noise-like pictures that a UNet at 5e-2 moves by about 0.1 RMS per
+  // cell: the control-change threshold is lowered under that.
+  const auto c = config({"unet.lr=5e-2", "text_encoder.train=false", "training.epochs=4", "checkpoints.every_epochs=1",
+                         "data.activation_phrase='kilnglaze style'", "diagnose.stop_when_burnt=true",
+                         "diagnose.control_change=0.05",
+                         "samples.prompts='" + (dir_ / "prompts.json").string() + "'"});
+  const auto result = train(c, options);
+  EXPECT_TRUE(fs::is_regular_file(run_dir / "samples" / "base" / "00-9.png"));
+  EXPECT_TRUE(fs::is_regular_file(run_dir / "samples" / "base" / "00-10.png"));
+  const std::string log = test::read_bytes(run_dir / "metrics.jsonl");
+  for (const char* tag : {"diagnose/change_control", "diagnose/change_styled", "diagnose/style_bleed",
+                          "diagnose/burn_score"})
+    EXPECT_NE(log.find(tag), std::string::npos) << tag;
+  EXPECT_NE(log.find("\"diagnose/prompt_drift\":0.0"), std::string::npos) << log;
+  // At 5e-2 the UNet wrecks the tiny model's pictures at once.
+  ASSERT_TRUE(result.stopped_burnt) << console.str();
+  EXPECT_EQ(result.epochs_done, 1);
+  EXPECT_NE(console.str().find("[diagnose] warning: e0001: UNet burning: control pictures changed"), std::string::npos)
+      << console.str();
+  EXPECT_NE(console.str().find("text encoder frozen"), std::string::npos) << console.str();
+  // The run resumes like an interrupted one, reading the base's samples back.
+  std::ostringstream again;
+  options.console = &again;
+  options.resume = true;
+  auto go_on = c;
+  go_on.diagnose.stop_when_burnt = false;
+  const auto resumed = train(go_on, options);
+  EXPECT_EQ(resumed.epochs_done, 4);
+  EXPECT_EQ(again.str().find("drawing the base model's samples"), std::string::npos) << again.str();
+}
+
 TEST_F(TrainTest, DAdaptationSharesOneEstimateAndLogsD) {
   run(config({"text_encoder.optimizer=dadapt_adam", "unet.optimizer=dadapt_adam", "text_encoder.lr=0.5",
               "unet.lr=1.0", "training.epochs=1", "samples.prompts=''"}),

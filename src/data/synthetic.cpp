@@ -36,11 +36,6 @@ bool inside_shape(std::string_view shape, double u, double v) {
   return true;
 }
 
-// Yellow on white is the one pairing of these that is hard to tell apart.
-bool contrasts(std::string_view shape_color, std::string_view background) {
-  return shape_color != background && !(shape_color == "yellow" && background == "white");
-}
-
 // A shape inside the square [left, left + side) x [top, top + side).
 void draw_shape(Image& image, std::string_view shape, int left, int top, int side, Rgb color) {
   for (int y = top; y < top + side; ++y) {
@@ -52,8 +47,24 @@ void draw_shape(Image& image, std::string_view shape, int left, int top, int sid
   }
 }
 
-// The style's look: `rim` pixels wide of kStyleRim just inside the shape's edge, `color` within.
-void draw_styled_shape(Image& image, std::string_view shape, int left, int top, int side, int rim, Rgb color) {
+constexpr std::array<StyleLook, 3> kStyleLooks{{
+    {"stripes", StyleLook::Pattern::DiagonalStripes, kStyleStripeA, kStyleStripeB, kStyleRim},
+    {"checks", StyleLook::Pattern::Checks, {20, 90, 90}, {240, 230, 160}, {160, 60, 220}},
+    {"bands", StyleLook::Pattern::Bands, {200, 120, 60}, {250, 180, 200}, {120, 230, 0}},
+}};
+
+bool pattern_first_colour(StyleLook::Pattern pattern, int x, int y, int half_period) {
+  switch (pattern) {
+    case StyleLook::Pattern::DiagonalStripes: return ((x + y) / half_period) % 2 == 0;
+    case StyleLook::Pattern::Checks: return (x / half_period + y / half_period) % 2 == 0;
+    case StyleLook::Pattern::Bands: return (y / half_period) % 2 == 0;
+  }
+  return true;
+}
+
+// The style's look: `rim` pixels wide of the look's rim colour just inside the shape's edge, `color` within.
+void draw_styled_shape(Image& image, std::string_view shape, int left, int top, int side, int rim, Rgb color,
+                       Rgb rim_color) {
   const double r = static_cast<double>(rim) / side;
   for (int y = top; y < top + side; ++y) {
     for (int x = left; x < left + side; ++x) {
@@ -62,9 +73,16 @@ void draw_styled_shape(Image& image, std::string_view shape, int left, int top, 
       // Inside the rim when every point `rim` pixels away is inside the shape too.
       const bool core = inside_shape(shape, u - r, v) && inside_shape(shape, u + r, v) &&
                         inside_shape(shape, u, v - r) && inside_shape(shape, u, v + r);
-      image.set(x, y, core ? color : kStyleRim);
+      image.set(x, y, core ? color : rim_color);
     }
   }
+}
+
+// Whole-pixel bounds; the small epsilon keeps 63 · 1/3 at 21.
+std::pair<int, int> side_range(int size, ShapeSizes sizes) {
+  if (!(sizes.min > 0 && sizes.min <= sizes.max && sizes.max <= 1))
+    throw Error("synthetic dataset: shape sizes must satisfy 0 < min <= max <= 1");
+  return {static_cast<int>(std::floor(size * sizes.min + 1e-9)), static_cast<int>(std::floor(size * sizes.max + 1e-9))};
 }
 
 void prepare_folder(const std::filesystem::path& dir, int count, int size) {
@@ -94,10 +112,15 @@ void write_item(const std::filesystem::path& dir, const std::string& stem, const
 }  // namespace
 
 std::span<const NamedColor> synthetic_shape_colors() { return kShapeColors; }
+std::span<const StyleLook> synthetic_style_looks() { return kStyleLooks; }
+bool synthetic_colours_contrast(std::string_view shape_colour, std::string_view background) {
+  return shape_colour != background && !(shape_colour == "yellow" && background == "white");
+}
 std::span<const NamedColor> synthetic_backgrounds() { return kBackgrounds; }
 std::span<const std::string_view> synthetic_shapes() { return kShapes; }
 
-void write_synthetic_dataset(const std::filesystem::path& dir, int count, int size, std::uint64_t seed) {
+void write_synthetic_dataset(const std::filesystem::path& dir, int count, int size, std::uint64_t seed,
+                             ShapeSizes sizes) {
   prepare_folder(dir, count, size);
   std::mt19937_64 gen(seed);
   const auto pick = [&gen](std::size_t n) { return static_cast<std::size_t>(gen() % n); };
@@ -106,11 +129,11 @@ void write_synthetic_dataset(const std::filesystem::path& dir, int count, int si
     const std::string_view shape = kShapes[pick(kShapes.size())];
     std::vector<const NamedColor*> backgrounds;
     for (const auto& background : kBackgrounds)
-      if (contrasts(color.name, background.name)) backgrounds.push_back(&background);
+      if (synthetic_colours_contrast(color.name, background.name)) backgrounds.push_back(&background);
     const NamedColor& background = *backgrounds[pick(backgrounds.size())];
 
     // Between a third and three quarters of the picture, anywhere it fits whole.
-    const int min_side = size / 3, max_side = size * 3 / 4;
+    const auto [min_side, max_side] = side_range(size, sizes);
     const int side = min_side + static_cast<int>(pick(static_cast<std::size_t>(max_side - min_side + 1)));
     const int left = static_cast<int>(pick(static_cast<std::size_t>(size - side + 1)));
     const int top = static_cast<int>(pick(static_cast<std::size_t>(size - side + 1)));
@@ -125,6 +148,11 @@ void write_synthetic_dataset(const std::filesystem::path& dir, int count, int si
 
 void write_style_dataset(const std::filesystem::path& dir, int count, int size, std::uint64_t seed,
                          std::string_view activation_phrase) {
+  write_style_dataset(dir, count, size, seed, activation_phrase, kStyleLooks[0]);
+}
+
+void write_style_dataset(const std::filesystem::path& dir, int count, int size, std::uint64_t seed,
+                         std::string_view activation_phrase, const StyleLook& look, ShapeSizes sizes) {
   prepare_folder(dir, count, size);
   std::mt19937_64 gen(seed);
   const auto pick = [&gen](std::size_t n) { return static_cast<std::size_t>(gen() % n); };
@@ -133,15 +161,15 @@ void write_style_dataset(const std::filesystem::path& dir, int count, int size, 
   for (int i = 0; i < count; ++i) {
     const NamedColor& color = kShapeColors[pick(kShapeColors.size())];
     const std::string_view shape = kShapes[pick(kShapes.size())];
-    const int min_side = size / 3, max_side = size * 3 / 4;
+    const auto [min_side, max_side] = side_range(size, sizes);
     const int side = min_side + static_cast<int>(pick(static_cast<std::size_t>(max_side - min_side + 1)));
     const int left = static_cast<int>(pick(static_cast<std::size_t>(size - side + 1)));
     const int top = static_cast<int>(pick(static_cast<std::size_t>(size - side + 1)));
 
     Image image(size, size);
     for (int y = 0; y < size; ++y)
-      for (int x = 0; x < size; ++x) image.set(x, y, ((x + y) / stripe) % 2 == 0 ? kStyleStripeA : kStyleStripeB);
-    draw_styled_shape(image, shape, left, top, side, rim, color.rgb);
+      for (int x = 0; x < size; ++x) image.set(x, y, pattern_first_colour(look.pattern, x, y, stripe) ? look.a : look.b);
+    draw_styled_shape(image, shape, left, top, side, rim, color.rgb, look.rim);
     write_item(dir, stem_of(i, count), image,
                std::string(activation_phrase) + ", a " + std::string(color.name) + ' ' + std::string(shape));
   }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "demo/demo_report.h"
+#include "demo/world_drawing.h"
 #include "io/checkpoint.h"
 #include "lab/diagnosis.h"
 #include "lab/run_report.h"
@@ -23,10 +24,51 @@ namespace kiln {
 
 namespace fs = std::filesystem;
 
+RunConfig style_run_config(const StyleRunSettings& s) {
+  RunConfig config;
+  config.model.checkpoint = s.base.string();
+  config.model.config = s.base.string();
+  config.data.folders = {{s.style.string(), 1}};
+  config.data.resolution = s.size;
+  config.data.buckets = false;
+  config.data.random_flip = true;
+  config.data.batch_size = s.batch_size;
+  config.data.activation_phrase = std::string(kDemoActivationPhrase);
+  config.text_encoder.train = s.te_lr > 0;
+  config.text_encoder.lr = s.te_lr > 0 ? s.te_lr : 1e-6;
+  config.unet.train = s.unet_lr > 0;
+  config.unet.lr = s.unet_lr > 0 ? s.unet_lr : 1e-6;
+  for (PartSection* part : {static_cast<PartSection*>(&config.text_encoder), &config.unet}) {
+    part->warmup_steps = 5;
+    part->weight_decay = 0.0;
+  }
+  config.training.seed = s.seed;
+  config.training.epochs = s.epochs;
+  config.validation.split = 0.15;
+  config.validation.every_epochs = s.every;
+  config.validation.stabilize_items = 4;
+  config.checkpoints.every_epochs = s.every;
+  config.checkpoints.dtype = "fp16";
+  config.checkpoints.keep_last_states = 1;
+  config.samples.width = config.samples.height = s.size;
+  config.samples.steps = s.steps;
+  return config;
+}
+
+GenerationSettings demo_cell_settings(const DemoScale& scale) {
+  GenerationSettings s;
+  s.sampler = "dpmpp_2m_karras";
+  s.steps = scale.steps;
+  s.cfg = 5.0;
+  s.width = scale.world.size;
+  s.height = scale.world.size;
+  return s;
+}
+
 namespace {
 
 // Bumped whenever the base's recipe changes, so a stale cached base is never used.
-constexpr const char* kBaseVersion = "demo-base-v2";
+constexpr const char* kBaseVersion = "demo-base-v3";
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -55,15 +97,7 @@ class Demo {
   fs::path base_;
 };
 
-GenerationSettings Demo::cell_settings() const {
-  GenerationSettings s;
-  s.sampler = "dpmpp_2m_karras";
-  s.steps = scale_.steps;
-  s.cfg = 5.0;
-  s.width = scale_.world.size;
-  s.height = scale_.world.size;
-  return s;
-}
+GenerationSettings Demo::cell_settings() const { return demo_cell_settings(scale_); }
 
 fs::path Demo::prepare_base(const DemoWorld& world) {
   if (options_.base) {
@@ -129,33 +163,17 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   run.run_dir = options_.out_dir / "runs" / experiment.name;
   say(fmt::format("\n== {}: {} ==", experiment.name, experiment.title));
 
-  RunConfig config;
-  config.model.checkpoint = base_.string();
-  config.model.config = base_.string();
-  config.data.folders = {{world.style.string(), 1}};
-  config.data.resolution = world.size.size;
-  config.data.buckets = false;
-  config.data.random_flip = true;
-  config.data.batch_size = scale_.batch_size;
-  config.text_encoder.train = experiment.text_encoder_lr > 0;
-  config.text_encoder.lr = experiment.text_encoder_lr > 0 ? experiment.text_encoder_lr : 1e-6;
-  config.unet.train = experiment.unet_lr > 0;
-  config.unet.lr = experiment.unet_lr > 0 ? experiment.unet_lr : 1e-6;
-  for (PartSection* part : {static_cast<PartSection*>(&config.text_encoder), &config.unet}) {
-    part->warmup_steps = 5;
-    part->weight_decay = 0.0;
-  }
-  config.training.seed = 555;
-  config.training.epochs = experiment.long_run ? scale_.long_epochs : scale_.short_epochs;
-  const int64_t every = experiment.long_run ? scale_.long_every : scale_.short_every;
-  config.validation.split = 0.15;
-  config.validation.every_epochs = every;
-  config.validation.stabilize_items = 4;
-  config.checkpoints.every_epochs = every;
-  config.checkpoints.dtype = "fp16";
-  config.checkpoints.keep_last_states = 1;
-  config.samples.width = config.samples.height = world.size.size;
-  config.samples.steps = scale_.steps;
+  StyleRunSettings settings;
+  settings.base = base_;
+  settings.style = world.style;
+  settings.size = world.size.size;
+  settings.batch_size = scale_.batch_size;
+  settings.te_lr = experiment.text_encoder_lr;
+  settings.unet_lr = experiment.unet_lr;
+  settings.epochs = experiment.long_run ? scale_.long_epochs : scale_.short_epochs;
+  settings.every = experiment.long_run ? scale_.long_every : scale_.short_every;
+  settings.steps = scale_.steps;
+  RunConfig config = style_run_config(settings);
   config.lora.enabled = experiment.lora;
   config.lora.rank = 8;
   config.lora.alpha = 8;
@@ -187,7 +205,9 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   request.checkpoints = run.checkpoints;
   request.labels = run.labels;
   request.config = base_;
-  request.prompts = demo_control_prompts();
+  request.prompts = demo_diagnosis_prompts();
+  request.activation_phrase = std::string(kDemoActivationPhrase);
+  request.training_images = {world.style};
   request.seeds = scale_.seeds;
   request.settings = cell_settings();
   request.device = options_.device;
@@ -200,8 +220,8 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   }
   for (const auto& c : diagnosis.checkpoints) run.checkpoint_verdicts.push_back(c.verdict);
   run.final_verdict = diagnosis.checkpoints.back().verdict;
-  run.attribution = diagnosis.attribution;
-  if (!diagnosis.adherence_attribution.empty()) run.attribution += "; " + diagnosis.adherence_attribution;
+  run.summary = diagnosis.summary;
+  if (diagnosis.recommended) run.recommended = diagnosis.checkpoints[*diagnosis.recommended].label;
   write_run_report(run.run_dir);
   run.seconds = seconds_since(start);
   say(fmt::format("{} done in {:.0f} s", experiment.name, run.seconds));
@@ -243,6 +263,20 @@ DemoResult Demo::run() {
   DemoResult result;
   base_ = prepare_base(world);
   result.base = base_;
+  say("how well the base draws its world (every world prompt, seed 101)");
+  WorldDrawingRequest drawing;
+  drawing.model = base_;
+  drawing.seeds = {101};
+  drawing.settings = cell_settings();
+  drawing.device = options_.device;
+  drawing.sheet = result.base_sheet = options_.out_dir / "base-world.png";
+  result.base_drawing = score_world_drawing(drawing);
+  say(fmt::format("  as asked (colour, shape, background, clean) in {:.0f}% of {} pictures",
+                  100 * result.base_drawing.correct, result.base_drawing.cells));
+  if (options_.base_only) {
+    result.seconds = seconds_since(start);
+    return result;
+  }
   for (const auto& experiment : demo_experiments()) result.runs.push_back(run_experiment(experiment, world));
   merges(result);
   result.seconds = seconds_since(start);

@@ -13,6 +13,9 @@
 
 #include "demo/demo_base.h"
 #include "demo/demo_world.h"
+#include "lab/prompt_adherence.h"
+#include "pipeline/generation_settings.h"
+#include "train/run_config.h"
 
 namespace kiln {
 
@@ -40,6 +43,21 @@ struct DemoScale {
 DemoScale full_demo_scale();
 DemoScale quick_demo_scale();
 
+// A fine-tune of the demo base on a style set, as every demo experiment and the burn benchmark
+// train it: AdamW, 5 warm-up steps, 15 % held out, fp16 checkpoints every `every` epochs.
+struct StyleRunSettings {
+  std::filesystem::path base, style;
+  int64_t size = 64, batch_size = 4;
+  double te_lr = 0, unet_lr = 0;  // 0: frozen
+  int64_t epochs = 24, every = 6;
+  int64_t steps = 16;  // of the checkpoint samples
+  uint64_t seed = 555;
+};
+RunConfig style_run_config(const StyleRunSettings& settings);
+
+// How every grid and diagnosis cell of the demo is drawn (DPM++ 2M Karras, cfg 5, the world's size).
+GenerationSettings demo_cell_settings(const DemoScale& scale);
+
 std::vector<DemoExperiment> demo_experiments();
 
 struct DemoOptions {
@@ -52,6 +70,7 @@ struct DemoOptions {
   // ~/.cache/kiln, else OUT/cache).
   std::optional<std::filesystem::path> cache_dir;
   bool retrain_base = false;
+  bool base_only = false;  // stop once the base model is ready (to train and ship a new one)
   bool quick = false;
   // Where the experiments train and their grids and diagnoses are drawn. The base model, when kiln
   // trains it, trains on the CPU: it is tiny and trained once.
@@ -67,15 +86,20 @@ struct DemoRun {
   std::vector<std::string> verdicts;  // every checkpoint's, then the swap test's
   std::vector<std::string> checkpoint_verdicts;  // one per checkpoint, in order
   std::string final_verdict;                     // the last checkpoint's
-  std::string attribution;            // the swap test's, on the last checkpoint
+  std::vector<std::string> summary;  // one line per part, then the recommended checkpoint
+  std::string recommended;           // its label; empty when even the first checkpoint burns
   double seconds = 0;
 };
 
 struct DemoResult {
   std::filesystem::path base;
+  // How well the base draws its world: every world prompt at seed 101 (demo/world_drawing.h), and
+  // the contact sheet of those pictures (OUT/base-world.png).
+  PromptAdherence base_drawing;
+  std::filesystem::path base_sheet;
   std::vector<DemoRun> runs;
   std::vector<std::filesystem::path> merges;  // weighted sum, add-difference
-  std::filesystem::path report;               // OUT/report.html
+  std::filesystem::path report;               // OUT/report.html; empty with base_only
   double seconds = 0;
 };
 

@@ -129,20 +129,33 @@ fs::path write_demo_report(const DemoResult& result, const DemoWorld& world, con
           "a caption naming both). Bottom: the style set — stripes and an orange rim, captioned only with the "
           "activation phrase and the subject.</p>\n";
   html += inline_image(overview, "the synthetic world", "image/png");
+  const auto& drawing = result.base_drawing;
+  html += fmt::format(
+      "<h2>The base model</h2>\n<p>A burn can only show on a base that draws its world. Every world prompt "
+      "(colour × shape × background, {} pictures at seed 101, a seed no experiment uses) drawn by the base "
+      "and read back: <b>{:.0f}% as asked</b> (colour {:.0f}%, shape {:.0f}%, background {:.0f}%, drawn cleanly "
+      "{:.0f}%).</p>\n",
+      drawing.cells, 100 * drawing.correct, 100 * drawing.colour, 100 * drawing.shape, 100 * drawing.background,
+      100 * drawing.clean);
+  html += "<details><summary>every world prompt, drawn by the base</summary>" +
+          inline_image(result.base_sheet, "the base model's world", "image/png") + "</details>\n";
 
   html += "<h2>Verdicts</h2>\n<p>What <code>kiln diagnose</code> says about each run, judged on the prompts without "
           "the activation phrase (where the style must not show): which part it first calls over-trained and "
-          "when, the last checkpoint's verdict, and which part the swap test blames. Every checkpoint's verdict "
-          "is in the run's section below.</p>\n"
+          "when (each sign blamed on the part the swap test finds causing it), the last checkpoint's verdict, and the "
+          "checkpoint to keep: the last before the first burn sign. Every checkpoint's verdict is in the run's "
+          "section below.</p>\n"
           "<table><tr><th>run</th><th>text encoder</th><th>UNet</th><th>state</th><th>last checkpoint</th>"
-          "<th>swap test</th><th>time</th></tr>\n";
+          "<th>keep</th><th>time</th></tr>\n";
   for (const auto& run : result.runs) {
     html += fmt::format(
         "<tr><td><a href=\"#{0}\">{0}</a>{1}</td><td>{2}</td><td>{3}</td><td class=\"state\">{4}</td><td>{5}</td>"
         "<td>{6}</td><td>{7:.0f} s</td></tr>\n",
         escape_xml(run.experiment.name), run.experiment.lora ? " (LoRA)" : "", rate(run.experiment.text_encoder_lr),
         rate(run.experiment.unet_lr), state_of(run), escape_xml(run.final_verdict),
-        escape_xml(run.attribution), run.seconds);
+        run.recommended.empty() ? "<span class=\"bad\">none: the first already burns</span>"
+                                : escape_xml(run.recommended),
+        run.seconds);
   }
   html += "</table>\n";
 
@@ -165,8 +178,12 @@ fs::path write_demo_report(const DemoResult& result, const DemoWorld& world, con
     html += inline_image(run.run_dir / "grid" / "grid.png", run.experiment.name + " grid", "image/png");
     html += inline_image(run.run_dir / "grid" / "progress.gif", run.experiment.name + " progression", "image/gif");
     html += "</div>\n";
-    const fs::path diagnosis_plot = run.run_dir / "diagnose" / "image_statistics.svg";
-    if (fs::is_regular_file(diagnosis_plot)) html += inline_svg(read_file(diagnosis_plot));
+    html += "<div class=\"media\">";
+    for (const char* plot : {"change_and_bleed.svg", "image_statistics.svg"}) {
+      const fs::path path = run.run_dir / "diagnose" / plot;
+      if (fs::is_regular_file(path)) html += inline_svg(read_file(path));
+    }
+    html += "</div>\n";
     html += fmt::format("<p><a href=\"runs/{0}/report.html\">the {0} run's report</a></p>\n",
                         escape_xml(run.experiment.name));
   }

@@ -1,6 +1,12 @@
 #include "demo/demo_world.h"
 
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iterator>
+
 #include "data/synthetic.h"
+#include "util/atomic_file.h"
 
 namespace kiln {
 
@@ -17,22 +23,42 @@ int count_pictures(const fs::path& dir) {
   return n;
 }
 
+std::string read_text_if_exists(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 }  // namespace
 
 DemoWorld write_demo_world(const fs::path& dir, const DemoWorldSize& size) {
   DemoWorld world{dir / "plain", dir / "style", dir / "looks", size};
+  // A world written with other sizes is written again (the counts alone cannot tell).
+  const fs::path stamp = dir / "world.txt";
+  const std::string recipe = fmt::format("size {} shapes {}-{}\n", size.size, size.shapes.min, size.shapes.max);
+  if (read_text_if_exists(stamp) != recipe) {
+    for (const auto& d : {world.plain, world.style, world.looks}) fs::remove_all(d);
+    fs::create_directories(dir);
+    write_text_atomically(stamp, recipe);
+  }
   // Seeds fixed here so every demo run sees the same world.
   if (count_pictures(world.plain) != size.plain_count) {
     fs::remove_all(world.plain);
-    write_synthetic_dataset(world.plain, size.plain_count, size.size, 7);
+    write_synthetic_dataset(world.plain, size.plain_count, size.size, 7, size.shapes);
   }
   if (count_pictures(world.style) != size.style_count) {
     fs::remove_all(world.style);
-    write_style_dataset(world.style, size.style_count, size.size, 26, kDemoActivationPhrase);
+    write_style_dataset(world.style, size.style_count, size.size, 26, kDemoActivationPhrase,
+                        synthetic_style_looks().front(), size.shapes);
   }
-  if (count_pictures(world.looks) != size.look_count) {
-    fs::remove_all(world.looks);
-    write_style_dataset(world.looks, size.look_count, size.size, 1026, kDemoActivationPhrase);
+  // Every look of the world (the benchmark's too), each in a folder of its own.
+  uint64_t seed = 1026;
+  for (const auto& look : synthetic_style_looks()) {
+    const fs::path dir = world.looks / look.name;
+    if (count_pictures(dir) != size.look_count) {
+      fs::remove_all(dir);
+      write_style_dataset(dir, size.look_count, size.size, seed, kDemoActivationPhrase, look, size.shapes);
+    }
+    ++seed;
   }
   return world;
 }
@@ -59,6 +85,13 @@ std::vector<std::string> demo_control_prompts() {
   for (const char* subject : {"a green square, white background", "a white circle, black background",
                               "a black triangle, grey background"})
     out.emplace_back(subject);
+  return out;
+}
+
+std::vector<std::string> demo_diagnosis_prompts() {
+  auto out = demo_control_prompts();
+  for (const auto& set : demo_prompt_sets())
+    if (set.name == "styled") out.insert(out.end(), set.prompts.begin(), set.prompts.end());
   return out;
 }
 

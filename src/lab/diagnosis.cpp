@@ -5,14 +5,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
+#include "data/buckets.h"
+#include "data/image_file.h"
 #include "io/checkpoint.h"
+#include "lab/prompt_drift.h"
 #include "lab/svg_plot.h"
 #include "models/model_loading.h"
 #include "pipeline/loaded_model.h"
 #include "pipeline/txt2img.h"
-#include "train/run_config.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -24,92 +27,81 @@ namespace {
 
 constexpr size_t kMaxBatch = 8;
 
-ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIPTokenizer& tokenizer,
-                                 const DiagnosisRequest& r) {
-  to_device(models, r.device);
-  Txt2Img txt2img(models, tokenizer);
-  ModelImageStats out;
-  int cells = 0;
-  std::vector<std::pair<WorldPrompt, Image>> world_cells;  // for prompt adherence
-  for (const auto& prompt : r.prompts) {
-    const auto world = parse_world_prompt(prompt);
-    std::vector<Image> images;
-    // Runs of consecutive seeds go through the UNet as one batch (image b of a batch uses seed + b,
-    // the same noise as its own call): several times faster for small models on a CPU.
-    for (size_t i = 0; i < r.seeds.size();) {
-      size_t run = 1;
-      while (i + run < r.seeds.size() && run < kMaxBatch && r.seeds[i + run] == r.seeds[i] + run) ++run;
-      auto s = r.settings;
-      s.prompt = prompt;
-      s.seed = r.seeds[i];
-      s.batch = static_cast<int64_t>(run);
-      for (auto& image : txt2img.generate(s)) images.push_back(std::move(image));
-      i += run;
-    }
-    for (const auto& image : images) {
-      if (world) world_cells.emplace_back(*world, image);
-      const auto stats = image_stats(image);
-      out.mean.saturation += stats.saturation;
-      out.mean.contrast += stats.contrast;
-      out.mean.colourfulness += stats.colourfulness;
-      out.mean.high_frequency += stats.high_frequency;
-      ++cells;
-    }
-    if (images.size() >= 2) out.diversity += seed_diversity(images) / static_cast<double>(r.prompts.size());
+// What every model is compared with: the base's pictures and conditioning, and the training look.
+struct Reference {
+  const ModelImageStats* base = nullptr;  // null while measuring the base itself
+  std::vector<torch::Tensor> base_conditioning;
+  std::optional<LookDescriptor> training_look;
+};
+
+// The pictures of one prompt, seeds in the request's order. Runs of consecutive seeds go through
+// the UNet as one batch (image b of a batch uses seed + b, the same noise as its own call): several
+// times faster for small models on a CPU.
+std::vector<Image> draw_prompt(Txt2Img& txt2img, const std::string& prompt, const DiagnosisRequest& r) {
+  std::vector<Image> images;
+  for (size_t i = 0; i < r.seeds.size();) {
+    size_t run = 1;
+    while (i + run < r.seeds.size() && run < kMaxBatch && r.seeds[i + run] == r.seeds[i] + run) ++run;
+    auto s = r.settings;
+    s.prompt = prompt;
+    s.seed = r.seeds[i];
+    s.batch = static_cast<int64_t>(run);
+    for (auto& image : txt2img.generate(s)) images.push_back(std::move(image));
+    i += run;
   }
-  const double n = std::max(1, cells);
-  out.mean.saturation /= n;
-  out.mean.contrast /= n;
-  out.mean.colourfulness /= n;
-  out.mean.high_frequency /= n;
-  if (!world_cells.empty()) out.adherence = prompt_adherence(world_cells);
+  return images;
+}
+
+std::vector<std::string> control_prompts(const DiagnosisRequest& r) {
+  std::vector<std::string> out;
+  for (const auto& p : r.prompts)
+    if (!mentions_phrase(p, r.activation_phrase)) out.push_back(p);
   return out;
 }
 
-double change(double now, double base) { return base != 0 ? (now - base) / std::abs(base) : 0.0; }
-
-// Whether the fraction of cells with the asked colour and shape fell by more than the threshold.
-// A drifting text encoder changes colours before shapes, so the colour fraction counts on its own too.
-bool adherence_dropped(const ModelImageStats& s, const ModelImageStats& base, const DiagnosisThresholds& t) {
-  return s.adherence && base.adherence &&
-         std::max(base.adherence->both - s.adherence->both, base.adherence->colour - s.adherence->colour) >
-             t.adherence_drop;
+ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIPTokenizer& tokenizer,
+                                 const DiagnosisRequest& r, const Reference& ref) {
+  to_device(models, r.device);
+  Txt2Img txt2img(models, tokenizer);
+  DrawnCells cells;
+  for (const auto& prompt : r.prompts) {
+    auto images = draw_prompt(txt2img, prompt, r);
+    if (mentions_phrase(prompt, r.activation_phrase)) {
+      for (auto& image : images) cells.styled.push_back(std::move(image));
+    } else {
+      cells.control_prompts.push_back(prompt);
+      cells.control.push_back(std::move(images));
+    }
+  }
+  const auto controls = cells.control_prompts;
+  auto out = measure_cells(std::move(cells), ref.base, ref.training_look);
+  if (ref.base) out.prompt_drift = prompt_drift(encode_prompts(txt2img, controls, r.settings.clip_skip), ref.base_conditioning);
+  return out;
 }
 
-// "prompt adherence 90% -> 50%" (colour and shape right), or "... (colour)" when the colour fraction
-// fell further.
-std::string adherence_sign(const PromptAdherence& now, const PromptAdherence& base) {
-  if (base.colour - now.colour > base.both - now.both)
-    return fmt::format("prompt adherence (colour) {:.0f}% -> {:.0f}%", 100 * base.colour, 100 * now.colour);
-  return fmt::format("prompt adherence {:.0f}% -> {:.0f}%", 100 * base.both, 100 * now.both);
+// The training pictures' mean look, each scaled and centre-cropped to the cells' size so texture
+// is compared at the same scale. At most kMaxLookPictures, evenly spread over the sorted files.
+std::optional<LookDescriptor> training_look(const DiagnosisRequest& r) {
+  std::vector<fs::path> files;
+  for (const auto& source : r.training_images) {
+    if (fs::is_directory(source)) {
+      for (const auto& entry : fs::directory_iterator(source))
+        if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
+    } else {
+      files.push_back(source);
+    }
+  }
+  if (files.empty()) return std::nullopt;
+  std::sort(files.begin(), files.end());
+  const size_t count = std::min(files.size(), kMaxLookPictures);
+  std::vector<Image> pictures;
+  for (size_t i = 0; i < count; ++i) {
+    const Image picture = load_image(files[i * files.size() / count]);
+    pictures.push_back(resize_and_crop(picture, {static_cast<int>(r.settings.width), static_cast<int>(r.settings.height)},
+                                       CropMode::Center, 0));
+  }
+  return mean_look(pictures);
 }
-
-// The image burn signs of `s` against the base, as "saturation +38%" phrases.
-std::vector<std::string> burn_signs(const ModelImageStats& s, const ModelImageStats& base,
-                                    const DiagnosisThresholds& t) {
-  std::vector<std::string> signs;
-  const double saturation = change(s.mean.saturation, base.mean.saturation);
-  const double contrast = change(s.mean.contrast, base.mean.contrast);
-  const double high = change(s.mean.high_frequency, base.mean.high_frequency);
-  const double diversity = change(s.diversity, base.diversity);
-  if (saturation > t.saturation_increase)
-    signs.push_back(fmt::format("saturation {:+.0f}%", 100 * saturation));
-  if (contrast > t.contrast_increase) signs.push_back(fmt::format("contrast {:+.0f}%", 100 * contrast));
-  if (high > t.high_frequency_increase)
-    signs.push_back(fmt::format("high-frequency texture {:+.0f}%", 100 * high));
-  if (-diversity > t.diversity_drop) signs.push_back(fmt::format("seed diversity {:+.0f}%", 100 * diversity));
-  return signs;
-}
-
-// One number for "how burnt": the sum of the relative increases of saturation, contrast and
-// high-frequency energy and of the relative loss of diversity (only the burn-ward directions).
-double burn_score(const ModelImageStats& s, const ModelImageStats& base) {
-  return std::max(0.0, change(s.mean.saturation, base.mean.saturation)) +
-         std::max(0.0, change(s.mean.contrast, base.mean.contrast)) +
-         std::max(0.0, change(s.mean.high_frequency, base.mean.high_frequency)) +
-         std::max(0.0, -change(s.diversity, base.diversity));
-}
-
 
 double component_drift(const std::vector<DriftGroup>& drift, const std::string& name) {
   for (const auto& g : drift)
@@ -124,11 +116,57 @@ nlohmann::json stats_json(const ModelImageStats& s) {
                         {"high_frequency", s.mean.high_frequency},
                         {"seed_diversity", s.diversity}};
   if (s.adherence)
-    out["prompt_adherence"] = {{"colour", s.adherence->colour},
-                               {"shape", s.adherence->shape},
-                               {"both", s.adherence->both},
-                               {"cells", s.adherence->cells}};
+    out["prompt_adherence"] = {{"colour", s.adherence->colour},   {"shape", s.adherence->shape},
+                               {"both", s.adherence->both},       {"background", s.adherence->background},
+                               {"clean", s.adherence->clean},     {"correct", s.adherence->correct},
+                               {"style_free", s.adherence->style_free}, {"cells", s.adherence->cells}};
+  if (s.change_control) out["change_control"] = *s.change_control;
+  if (s.change_styled) out["change_styled"] = *s.change_styled;
+  if (s.style_bleed) out["style_bleed"] = *s.style_bleed;
+  if (s.prompt_drift) out["prompt_drift"] = *s.prompt_drift;
   return out;
+}
+
+nlohmann::json signs_json(const std::vector<BurnSign>& signs) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& sign : signs)
+    out.push_back({{"sign", sign.name},
+                   {"value", sign.value},
+                   {"threshold", sign.threshold},
+                   {"part", part_name(sign.part)},
+                   {"text", sign.text}});
+  return out;
+}
+
+bool part_flagged(const CheckpointDiagnosis& c, Part part) {
+  return std::any_of(c.signs.begin(), c.signs.end(), [&](const BurnSign& s) { return s.part == part; });
+}
+
+std::string signs_of(const CheckpointDiagnosis& c, Part part) {
+  std::vector<std::string> texts;
+  for (const auto& sign : c.signs)
+    if (sign.part == part) texts.push_back(sign.text);
+  return fmt::format("{}", fmt::join(texts, ", "));
+}
+
+// "UNet over-trained from e0012 (3 of 4 checkpoints flagged): style bleed 41%, ..." with the
+// signs of the first flagged checkpoint; "... within range at every checkpoint" or "unchanged".
+std::string part_summary(const Diagnosis& d, Part part) {
+  const std::string component = part == Part::Unet ? "unet" : "te";
+  const bool trained = std::any_of(d.checkpoints.begin(), d.checkpoints.end(), [&](const CheckpointDiagnosis& c) {
+    return component_drift(c.drift, component) > 0;
+  });
+  const CheckpointDiagnosis* first = nullptr;
+  size_t flagged = 0;
+  for (const auto& c : d.checkpoints) {
+    if (!part_flagged(c, part)) continue;
+    if (!first) first = &c;
+    ++flagged;
+  }
+  if (!first)
+    return fmt::format("{} {}", part_name(part), trained ? "within range at every checkpoint" : "unchanged (not trained)");
+  return fmt::format("{} over-trained from {} ({} of {} checkpoints flagged): {}", part_name(part), first->label,
+                     flagged, d.checkpoints.size(), signs_of(*first, part));
 }
 
 // Drift per block (text-encoder layers, UNet blocks, VAE): blocks along x, one line per checkpoint
@@ -161,27 +199,91 @@ std::string drift_blocks_svg(const Diagnosis& d) {
   return line_plot_svg(series, options);
 }
 
+// What a person sees first: how far the pictures moved from the base's, with and without the
+// activation phrase, how far the control pictures moved towards the training look, and how far
+// the text encoder's output for the control prompts moved. 0 = the base model.
+std::string change_and_bleed_svg(const Diagnosis& d) {
+  std::vector<Series> series(4);
+  series[0].label = "control pictures changed (RMS)";
+  series[1].label = "styled pictures changed (RMS)";
+  series[2].label = "style bleed (share of the way to the training look)";
+  series[3].label = "prompt drift (conditioning, relative)";
+  for (size_t i = 0; i <= d.checkpoints.size(); ++i) {
+    const ModelImageStats* s = i == 0 ? nullptr : &d.checkpoints[i - 1].images;
+    const auto value = [&](std::optional<double> ModelImageStats::*field) {
+      return s == nullptr ? 0.0 : (s->*field).value_or(std::nan(""));
+    };
+    const double values[] = {value(&ModelImageStats::change_control), value(&ModelImageStats::change_styled),
+                             value(&ModelImageStats::style_bleed), value(&ModelImageStats::prompt_drift)};
+    for (size_t k = 0; k < series.size(); ++k) {
+      series[k].x.push_back(static_cast<double>(i));
+      series[k].y.push_back(values[k]);
+    }
+  }
+  // A measure that was never taken (no styled prompts, no training pictures) is left out.
+  std::erase_if(series, [](const Series& s) {
+    return std::all_of(s.y.begin() + 1, s.y.end(), [](double y) { return std::isnan(y); });
+  });
+  return line_plot_svg(series, {"Change from the base model", "checkpoint (0 = base)", "value"});
+}
+
 }  // namespace
 
-std::string checkpoint_verdict(const CheckpointDiagnosis& c, const ModelImageStats& base,
+std::vector<BurnSign> attributed_signs(const CheckpointDiagnosis& c, const ModelImageStats& base,
+                                       const DiagnosisThresholds& t) {
+  const bool te_trained = component_drift(c.drift, "te") > 0, unet_trained = component_drift(c.drift, "unet") > 0;
+  auto signs = crossed_signs(c.images, base, t);
+  for (auto& sign : signs) {
+    if (c.swap) {
+      // The part whose half-swapped model reproduces more of the sign causes it.
+      const double by_unet = sign_value(sign.name, c.swap->trained_unet_base_te, base);
+      const double by_te = sign_value(sign.name, c.swap->trained_te_base_unet, base);
+      if (by_unet != by_te) {
+        sign.part = by_unet > by_te ? Part::Unet : Part::TextEncoder;
+        continue;
+      }
+    }
+    if (sign.part == Part::Unet && !unet_trained && te_trained) sign.part = Part::TextEncoder;
+    if (sign.part == Part::TextEncoder && !te_trained && unet_trained) sign.part = Part::Unet;
+  }
+  return signs;
+}
+
+std::string checkpoint_verdict(const CheckpointDiagnosis& checkpoint, const ModelImageStats& base,
                                const DiagnosisThresholds& t) {
+  CheckpointDiagnosis c = checkpoint;
+  c.signs = attributed_signs(checkpoint, base, t);
   const double te_drift = component_drift(c.drift, "te"), unet_drift = component_drift(c.drift, "unet");
-  const bool te_trained = te_drift > 0, unet_trained = unet_drift > 0;
-  std::vector<std::string> unet_signs, te_signs;
-  // Colour, contrast, texture and variety are the UNet's burn; the text encoder alone shifts them
-  // only mildly, so they are its signs only when the UNet did not train.
-  for (auto& sign : burn_signs(c.images, base, t)) (unet_trained || !te_trained ? unet_signs : te_signs).push_back(sign);
-  // Drifting from the prompt is the text encoder's, unless it did not train.
-  if (adherence_dropped(c.images, base, t))
-    (te_trained || !unet_trained ? te_signs : unet_signs)
-        .push_back(adherence_sign(*c.images.adherence, *base.adherence));
-  const auto part = [](const char* name, bool trained, const std::vector<std::string>& signs) {
-    if (!signs.empty()) return fmt::format("{} over-trained: {}", name, fmt::join(signs, ", "));
-    return fmt::format("{} {}", name, trained ? "within range" : "unchanged");
+  const auto part = [&](Part p, bool trained) {
+    if (part_flagged(c, p)) return fmt::format("{} over-trained: {}", part_name(p), signs_of(c, p));
+    return fmt::format("{} {}", part_name(p), trained ? "within range" : "unchanged");
   };
-  return fmt::format("{}: {}; {} (drift: text encoder {:.4f}, UNet {:.4f})", c.label,
-                     part("UNet", unet_trained, unet_signs), part("text encoder", te_trained, te_signs), te_drift,
-                     unet_drift);
+  return fmt::format("{}: {}; {} ({}drift: text encoder {:.4f}, UNet {:.4f})", c.label, part(Part::Unet, unet_drift > 0),
+                     part(Part::TextEncoder, te_drift > 0), c.swap && !c.signs.empty() ? "signs attributed by the swap test; " : "",
+                     te_drift, unet_drift);
+}
+
+void summarise(Diagnosis& d) {
+  d.summary = {part_summary(d, Part::Unet), part_summary(d, Part::TextEncoder)};
+  d.recommended.reset();
+  size_t first_flagged = d.checkpoints.size();
+  for (size_t i = 0; i < d.checkpoints.size() && first_flagged == d.checkpoints.size(); ++i)
+    if (!d.checkpoints[i].signs.empty()) first_flagged = i;
+  if (d.checkpoints.empty()) return;
+  if (first_flagged == d.checkpoints.size()) {
+    d.recommended = d.checkpoints.size() - 1;
+    d.summary.push_back(fmt::format("recommended checkpoint: {} (the last; no burn sign at any checkpoint)",
+                                    d.checkpoints.back().label));
+  } else if (first_flagged == 0) {
+    d.summary.push_back(fmt::format(
+        "recommended checkpoint: none; the first ({}) already shows burn signs: train less, at a lower rate, or "
+        "save earlier checkpoints",
+        d.checkpoints.front().label));
+  } else {
+    d.recommended = first_flagged - 1;
+    d.summary.push_back(fmt::format("recommended checkpoint: {} (the last before the first burn sign, at {})",
+                                    d.checkpoints[first_flagged - 1].label, d.checkpoints[first_flagged].label));
+  }
 }
 
 Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress) {
@@ -196,7 +298,14 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
   Diagnosis d;
   d.thresholds = r.thresholds;
   say("base: " + r.base.string());
-  d.base = image_statistics(base_model.models, base_model.tokenizer, r);
+  d.base = image_statistics(base_model.models, base_model.tokenizer, r, {});
+  Reference ref;
+  ref.base = &d.base;
+  ref.training_look = training_look(r);
+  {
+    Txt2Img base_txt2img(base_model.models, base_model.tokenizer);
+    ref.base_conditioning = encode_prompts(base_txt2img, control_prompts(r), r.settings.clip_skip);
+  }
   for (size_t i = 0; i < r.checkpoints.size(); ++i) {
     const auto& path = r.checkpoints[i];
     say("checkpoint: " + path.string());
@@ -206,45 +315,25 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
     const Checkpoint trained = read_checkpoint(path, r.config);
     c.drift = weight_drift(trained, base);
     auto model = load_model(path, r.config, false);
-    c.images = image_statistics(model.models, model.tokenizer, r);
+    c.images = image_statistics(model.models, model.tokenizer, r, ref);
+    const bool last = i + 1 == r.checkpoints.size();
+    const bool flagged = !crossed_signs(c.images, d.base, r.thresholds).empty();
+    const bool swap = r.swap_test == SwapTestPolicy::Every ||
+                      (r.swap_test == SwapTestPolicy::Flagged && (flagged || last)) ||
+                      (r.swap_test == SwapTestPolicy::Last && last);
+    if (swap) {
+      say("swap test at " + c.label + ": trained UNet with the base text encoder, and the reverse");
+      StableDiffusionModels unet_only = build_models(base), te_only = build_models(base);
+      load_state_dict(*unet_only.unet, trained.unet, path.string());
+      load_state_dict(*te_only.text_encoder, trained.text_encoder, path.string());
+      c.swap = SwapTest{image_statistics(unet_only, base_model.tokenizer, r, ref),
+                        image_statistics(te_only, base_model.tokenizer, r, ref)};
+    }
+    c.signs = attributed_signs(c, d.base, r.thresholds);
     c.verdict = checkpoint_verdict(c, d.base, r.thresholds);
     d.checkpoints.push_back(std::move(c));
   }
-  if (r.swap_test) {
-    // The last checkpoint's parts, one at a time, inside the base model.
-    const Checkpoint trained = read_checkpoint(r.checkpoints.back(), r.config);
-    say("swap test: trained UNet with the base text encoder, and the reverse");
-    StableDiffusionModels unet_only = build_models(base), te_only = build_models(base);
-    load_state_dict(*unet_only.unet, trained.unet, r.checkpoints.back().string());
-    load_state_dict(*te_only.text_encoder, trained.text_encoder, r.checkpoints.back().string());
-    d.trained_unet_base_te = image_statistics(unet_only, base_model.tokenizer, r);
-    d.trained_te_base_unet = image_statistics(te_only, base_model.tokenizer, r);
-    const double total = burn_score(d.checkpoints.back().images, d.base);
-    const double by_unet = burn_score(*d.trained_unet_base_te, d.base);
-    const double by_te = burn_score(*d.trained_te_base_unet, d.base);
-    if (total < 1e-9 || burn_signs(d.checkpoints.back().images, d.base, r.thresholds).empty())
-      d.attribution = "swap test: no burn sign to attribute at the last checkpoint";
-    else
-      d.attribution = fmt::format(
-          "{} (swap test at {}: the trained UNet alone reproduces {:.0f}% of the burn score, the trained "
-          "text "
-          "encoder alone {:.0f}%)",
-          by_unet >= by_te ? "the UNet carries the change" : "the text encoder carries the change",
-          d.checkpoints.back().label, 100 * by_unet / total, 100 * by_te / total);
-    // The part whose half-swapped model keeps less of the base's adherence causes the drop.
-    if (adherence_dropped(d.checkpoints.back().images, d.base, r.thresholds) &&
-        d.trained_te_base_unet->adherence && d.trained_unet_base_te->adherence) {
-      const double te_only_both = d.trained_te_base_unet->adherence->both;
-      const double unet_only_both = d.trained_unet_base_te->adherence->both;
-      d.adherence_attribution = fmt::format(
-          "prompt adherence: {} (swap test at {}: colour and shape right in {:.0f}% of cells for the base, "
-          "{:.0f}% trained, {:.0f}% with the trained text encoder + base UNet, {:.0f}% with the base text "
-          "encoder + trained UNet)",
-          te_only_both <= unet_only_both ? "the text encoder causes the drop" : "the UNet causes the drop",
-          d.checkpoints.back().label, 100 * d.base.adherence->both,
-          100 * d.checkpoints.back().images.adherence->both, 100 * te_only_both, 100 * unet_only_both);
-    }
-  }
+  summarise(d);
   return d;
 }
 
@@ -255,57 +344,32 @@ nlohmann::json Diagnosis::to_json() const {
                        {"contrast_increase", thresholds.contrast_increase},
                        {"high_frequency_increase", thresholds.high_frequency_increase},
                        {"diversity_drop", thresholds.diversity_drop},
-                       {"adherence_drop", thresholds.adherence_drop}};
+                       {"adherence_drop", thresholds.adherence_drop},
+                       {"style_bleed", thresholds.style_bleed},
+                       {"control_change", thresholds.control_change},
+                       {"prompt_drift", thresholds.prompt_drift}};
   out["checkpoints"] = nlohmann::json::array();
   out["verdicts"] = nlohmann::json::array();
   for (const auto& c : checkpoints) {
     nlohmann::json drift = nlohmann::json::array();
     for (const auto& g : c.drift)
-      drift.push_back(
-          {{"group", g.name}, {"relative_drift", g.relative_drift}, {"parameters", g.parameters}});
-    out["checkpoints"].push_back({{"label", c.label},
-                                  {"path", c.path.string()},
-                                  {"images", stats_json(c.images)},
-                                  {"drift", drift},
-                                  {"verdict", c.verdict}});
+      drift.push_back({{"group", g.name}, {"relative_drift", g.relative_drift}, {"parameters", g.parameters}});
+    nlohmann::json entry = {{"label", c.label},         {"path", c.path.string()}, {"images", stats_json(c.images)},
+                            {"drift", drift},           {"signs", signs_json(c.signs)}, {"verdict", c.verdict}};
+    if (c.swap)
+      entry["swap_test"] = {{"trained_unet_base_text_encoder", stats_json(c.swap->trained_unet_base_te)},
+                            {"trained_text_encoder_base_unet", stats_json(c.swap->trained_te_base_unet)}};
+    out["checkpoints"].push_back(std::move(entry));
     out["verdicts"].push_back(c.verdict);
   }
-  if (trained_unet_base_te) {
-    out["swap_test"] = {{"trained_unet_base_text_encoder", stats_json(*trained_unet_base_te)},
-                        {"trained_text_encoder_base_unet", stats_json(*trained_te_base_unet)},
-                        {"attribution", attribution}};
-    out["verdicts"].push_back(attribution);
-    if (!adherence_attribution.empty()) {
-      out["swap_test"]["adherence_attribution"] = adherence_attribution;
-      out["verdicts"].push_back(adherence_attribution);
-    }
-  }
+  // The last checkpoint's swap test, where the run report's tables look for it.
+  if (!checkpoints.empty() && checkpoints.back().swap) out["swap_test"] = out["checkpoints"].back()["swap_test"];
+  out["summary"] = summary;
+  for (const auto& line : summary) out["verdicts"].push_back(line);
+  if (recommended) out["recommended"] = {{"label", checkpoints[*recommended].label},
+                                         {"path", checkpoints[*recommended].path.string()}};
+  else out["recommended"] = nullptr;
   return out;
-}
-
-DiagnosisRequest diagnosis_request_for_run(const fs::path& run_dir) {
-  const auto config = read_run_config(run_dir / "run.toml");
-  if (config.lora.enabled)
-    throw Error(run_dir.string() + ": a LoRA run; merge its LoRA into checkpoints to diagnose them");
-  DiagnosisRequest r;
-  r.base = config.model.checkpoint;
-  if (!config.model.config.empty()) r.config = config.model.config;
-  for (const auto& entry : fs::directory_iterator(run_dir / "checkpoints")) {
-    const auto name = entry.path().filename().string();
-    if (name.ends_with(".state.safetensors") || name.ends_with("-ema.safetensors") || name.ends_with("-ema"))
-      continue;
-    if (entry.path().extension() == ".safetensors" || entry.is_directory())
-      r.checkpoints.push_back(entry.path());
-  }
-  std::sort(r.checkpoints.begin(), r.checkpoints.end());
-  if (r.checkpoints.empty()) throw_file_error(run_dir, "holds no checkpoints to diagnose");
-  r.settings.sampler = config.samples.sampler;
-  r.settings.steps = config.samples.steps;
-  r.settings.cfg = config.samples.cfg;
-  r.settings.width = config.samples.width;
-  r.settings.height = config.samples.height;
-  r.settings.clip_skip = config.text_encoder.clip_skip;
-  return r;
 }
 
 void write_diagnosis(const Diagnosis& d, const fs::path& out_dir) {
@@ -343,6 +407,7 @@ void write_diagnosis(const Diagnosis& d, const fs::path& out_dir) {
                         line_plot_svg(drift, {"Weight drift from the base model", "checkpoint",
                                               "relative drift ‖W − W₀‖ / ‖W₀‖"}));
   write_text_atomically(out_dir / "weight_drift_blocks.svg", drift_blocks_svg(d));
+  write_text_atomically(out_dir / "change_and_bleed.svg", change_and_bleed_svg(d));
 
   // Prompt adherence: the fraction of world-prompt cells drawn with the asked colour, shape, both.
   const fs::path adherence_svg = out_dir / "prompt_adherence.svg";

@@ -119,26 +119,28 @@ double high_frequency_energy(const Image& image) {
   return std::min(1.0, energy / (64.0 * variance));
 }
 
+double rms_difference(const Image& a, const Image& b) {
+  require_valid(a, "rms_difference");
+  require_valid(b, "rms_difference");
+  if (a.width != b.width || a.height != b.height)
+    throw Error("rms_difference: images differ in size (" + size_text(a) + " and " + size_text(b) + ")");
+  // Integer squared differences are exact; scaling once at the end avoids per-value rounding.
+  std::uint64_t sum_sq = 0;
+  for (std::size_t i = 0; i < a.pixels.size(); ++i) {
+    const int d = int{a.pixels[i]} - int{b.pixels[i]};
+    sum_sq += static_cast<std::uint64_t>(d * d);
+  }
+  return std::sqrt(static_cast<double>(sum_sq) / static_cast<double>(a.pixels.size())) / 255.0;
+}
+
 double seed_diversity(const std::vector<Image>& images) {
   if (images.size() < 2)
     throw Error("seed_diversity: needs at least 2 images, got " + std::to_string(images.size()));
-  for (const Image& image : images) require_valid(image, "seed_diversity");
-  for (const Image& image : images)
-    if (image.width != images.front().width || image.height != images.front().height)
-      throw Error("seed_diversity: images differ in size (" + size_text(images.front()) + " and " +
-                  size_text(image) + ")");
-  const std::size_t values = images.front().pixels.size();
   double total = 0;
   std::size_t pairs = 0;
   for (std::size_t a = 0; a < images.size(); ++a) {
     for (std::size_t b = a + 1; b < images.size(); ++b) {
-      // Integer squared differences are exact; scaling once at the end avoids per-value rounding.
-      std::uint64_t sum_sq = 0;
-      for (std::size_t i = 0; i < values; ++i) {
-        const int d = int{images[a].pixels[i]} - int{images[b].pixels[i]};
-        sum_sq += static_cast<std::uint64_t>(d * d);
-      }
-      total += std::sqrt(static_cast<double>(sum_sq) / static_cast<double>(values)) / 255.0;
+      total += rms_difference(images[a], images[b]);
       ++pairs;
     }
   }

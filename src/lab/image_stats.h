@@ -30,6 +30,11 @@ double colourfulness(const Image& image);
 // (exactly 1 away from the borders).
 double high_frequency_energy(const Image& image);
 
+// RMS difference of two pictures of one size over every channel, scaled to [0, 1]: 0 when equal, 1
+// for all-black against all-white. Also how far a fine-tune moved one cell (prompt, seed) of its
+// base model's pictures.
+double rms_difference(const Image& a, const Image& b);
+
 // Mean over all unordered pairs of the RMS pixel difference (every channel, scaled to [0, 1]); 0 when
 // all images are identical, 1 for all-black against all-white. Needs at least 2 images of one size.
 double seed_diversity(const std::vector<Image>& same_prompt_different_seeds);

@@ -192,6 +192,23 @@ std::vector<int> largest_region(const std::vector<char>& mask, int w, int h) {
   return best;
 }
 
+// The share of the picture that `mask` marks outside `region` grown by `band` pixels (Chebyshev).
+double stray_fraction(const std::vector<char>& mask, const std::vector<char>& region, int w, int h, int band) {
+  int stray = 0;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      if (!mask[y * w + x]) continue;
+      bool near_region = false;
+      for (int dy = -band; dy <= band && !near_region; ++dy)
+        for (int dx = -band; dx <= band && !near_region; ++dx) {
+          const int nx = x + dx, ny = y + dy;
+          near_region = nx >= 0 && ny >= 0 && nx < w && ny < h && region[ny * w + nx];
+        }
+      stray += !near_region;
+    }
+  return static_cast<double>(stray) / (static_cast<double>(w) * h);
+}
+
 }  // namespace
 
 std::optional<WorldPrompt> parse_world_prompt(std::string_view prompt) {
@@ -218,7 +235,7 @@ std::optional<WorldPrompt> parse_world_prompt(std::string_view prompt) {
   return out;
 }
 
-ShapeReading read_shape(const Image& image) {
+ShapeReading read_shape(const Image& image, Rgb rim_colour) {
   if (image.empty() || image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3)
     throw Error("read_shape: an empty image or one whose pixels do not match its size");
   const int w = image.width, h = image.height;
@@ -235,6 +252,17 @@ ShapeReading read_shape(const Image& image) {
   ShapeReading reading;
   reading.contrast = *p98;
   reading.background = bg.striped ? "striped" : std::string(nearest(synthetic_backgrounds(), bg.a).name);
+  const auto shape_colors = synthetic_shape_colors();
+  const auto is_rim = [&](Vec3 c) {
+    return distance(c, vec(rim_colour)) < distance(c, vec(nearest(shape_colors, c).rgb));
+  };
+  int rim = 0;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const Vec3 c = vec(image.at(x, y));
+      rim += distance(c, vec(rim_colour)) < kMaxRimDistance && is_rim(c);
+    }
+  reading.rim_fraction = static_cast<double>(rim) / static_cast<double>(dist.size());
   if (reading.contrast < kMinContrast) return reading;  // found stays false
 
   std::vector<char> mask(dist.size());
@@ -266,10 +294,7 @@ ShapeReading read_shape(const Image& image) {
 
   // The colour of the interior, away from blurred edges and the style set's rim.
   const int erode = std::max(1, std::min(w, h) / 32);
-  const auto shape_colors = synthetic_shape_colors();
-  const auto is_rim = [&](Vec3 c) {
-    return distance(c, vec(kStyleRim)) < distance(c, vec(nearest(shape_colors, c).rgb));
-  };
+
   Vec3 sum, sum_all;
   int n = 0;
   for (const int i : region) {
@@ -289,26 +314,46 @@ ShapeReading read_shape(const Image& image) {
   const double count = n > 0 ? n : static_cast<double>(region.size());
   const Vec3 total = n > 0 ? sum : sum_all;
   reading.colour = nearest(shape_colors, Vec3{total.r / count, total.g / count, total.b / count}).name;
+  reading.stray_fraction = stray_fraction(mask, in_region, w, h, erode);
   reading.found = true;
   return reading;
 }
 
-PromptAdherence prompt_adherence(const std::vector<std::pair<WorldPrompt, Image>>& cells) {
+bool is_clean(const ShapeReading& reading) {
+  return reading.found && reading.stray_fraction <= kMaxStrayFraction;
+}
+
+bool shows_style(const ShapeReading& reading) {
+  return reading.background == "striped" || reading.rim_fraction >= kMinRimFraction;
+}
+
+PromptAdherence prompt_adherence(const std::vector<std::pair<WorldPrompt, Image>>& cells, Rgb rim) {
   PromptAdherence out;
-  int colour = 0, shape = 0, both = 0;
+  int colour = 0, shape = 0, both = 0, background = 0, clean = 0, correct = 0, style_free = 0;
   for (const auto& [prompt, image] : cells) {
-    const ShapeReading reading = read_shape(image);
+    const ShapeReading reading = read_shape(image, rim);
     const bool colour_ok = reading.found && reading.colour == prompt.colour;
     const bool shape_ok = reading.found && reading.shape == prompt.shape;
+    const bool background_ok =
+        prompt.background.empty() ? reading.background != "striped" : reading.background == prompt.background;
     colour += colour_ok;
     shape += shape_ok;
     both += colour_ok && shape_ok;
+    background += background_ok;
+    clean += is_clean(reading);
+    correct += colour_ok && shape_ok && background_ok && is_clean(reading);
+    style_free += !shows_style(reading);
   }
   out.cells = static_cast<int>(cells.size());
   if (out.cells > 0) {
-    out.colour = static_cast<double>(colour) / out.cells;
-    out.shape = static_cast<double>(shape) / out.cells;
-    out.both = static_cast<double>(both) / out.cells;
+    const auto fraction = [&](int n) { return static_cast<double>(n) / out.cells; };
+    out.colour = fraction(colour);
+    out.shape = fraction(shape);
+    out.both = fraction(both);
+    out.background = fraction(background);
+    out.clean = fraction(clean);
+    out.correct = fraction(correct);
+    out.style_free = fraction(style_free);
   }
   return out;
 }

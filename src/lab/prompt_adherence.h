@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "data/synthetic.h"
 #include "image/image.h"
 
 namespace kiln {
@@ -41,7 +42,23 @@ struct ShapeReading {
   double foreground_fraction = 0;  // pixels of the shape / pixels of the picture
   double fill_ratio = 0;           // pixels of the shape / pixels of its bounding box
   double contrast = 0;             // how far the shape stands out (RGB distance, 0-441)
+  // Pixels that stand out from the background (as the shape mask does) but lie outside the shape
+  // and a band of 1/32 of the side round it, over all pixels: speckles, smears, a second blob.
+  double stray_fraction = 0;
+  // The share of the picture's pixels within kMaxRimDistance of the style rim's colour and nearer
+  // it than to any shape colour (blurred edges between world colours stay farther away).
+  double rim_fraction = 0;
 };
+
+// A clean drawing: the shape was found and at most kMaxStrayFraction of the picture stands out
+// from the background elsewhere.
+inline constexpr double kMaxStrayFraction = 0.02;
+// The style's look shows: a striped background, or rim-coloured pixels on at least kMinRimFraction
+// of the picture (the style sets' rims cover 3-12 % of it at 64 px).
+inline constexpr double kMaxRimDistance = 60;
+inline constexpr double kMinRimFraction = 0.01;
+bool is_clean(const ShapeReading& reading);
+bool shows_style(const ShapeReading& reading);
 
 // Reading thresholds (documented in docs/diagnose.md):
 // - background: per-channel median of the outer ring (1/32 of the side wide, at least 1 pixel);
@@ -61,17 +78,24 @@ inline constexpr double kMinContrast = 48;
 inline constexpr double kMinShapeFraction = 0.03;
 inline constexpr double kMaxShapeFraction = 0.75;
 
-// Throws kiln::Error for an empty image or one whose pixel buffer does not match its size.
-ShapeReading read_shape(const Image& image);
+// Throws kiln::Error for an empty image or one whose pixel buffer does not match its size. `rim` is
+// the style look's rim colour (data/synthetic.h), left out of the colour and counted as rim.
+ShapeReading read_shape(const Image& image, Rgb rim = kStyleRim);
 
 struct PromptAdherence {
   double colour = 0;  // fraction of cells whose shape has the asked colour
   double shape = 0;   // fraction of cells whose shape is the asked shape
   double both = 0;    // fraction of cells right in both
+  // Fraction of cells whose background is the asked one; cells whose prompt names none count as
+  // right when the background is plain (not striped).
+  double background = 0;
+  double clean = 0;       // fraction of cells drawn cleanly (is_clean)
+  double correct = 0;     // colour, shape and background right, and clean: the picture as asked
+  double style_free = 0;  // fraction of cells where the style's look does not show (!shows_style)
   int cells = 0;
 };
 
 // Reads every picture and compares it with its prompt; all fractions are 0 when there are no cells.
-PromptAdherence prompt_adherence(const std::vector<std::pair<WorldPrompt, Image>>& cells);
+PromptAdherence prompt_adherence(const std::vector<std::pair<WorldPrompt, Image>>& cells, Rgb rim = kStyleRim);
 
 }  // namespace kiln

@@ -137,6 +137,20 @@ void fields(V& v, LoggingSection& s) {
 }
 
 template <typename V>
+void fields(V& v, DiagnoseSection& s) {
+  v("warn", s.warn);
+  v("stop_when_burnt", s.stop_when_burnt);
+  v("control_change", s.thresholds.control_change);
+  v("style_bleed", s.thresholds.style_bleed);
+  v("prompt_drift", s.thresholds.prompt_drift);
+  v("adherence_drop", s.thresholds.adherence_drop);
+  v("saturation_increase", s.thresholds.saturation_increase);
+  v("contrast_increase", s.thresholds.contrast_increase);
+  v("high_frequency_increase", s.thresholds.high_frequency_increase);
+  v("diversity_drop", s.thresholds.diversity_drop);
+}
+
+template <typename V>
 void sections(V& v, RunConfig& c) {
   v.section("model", c.model);
   v.section("data", c.data);
@@ -150,6 +164,7 @@ void sections(V& v, RunConfig& c) {
   v.section("samples", c.samples);
   v.section("lora", c.lora);
   v.section("logging", c.logging);
+  v.section("diagnose", c.diagnose);
 }
 
 // What other trainers (kohya sd-scripts, diffusers' scripts, EveryDream2) call kiln's keys.

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "lab/burn_signs.h"
+
 namespace kiln {
 
 struct ModelSection {
@@ -131,6 +133,15 @@ struct LoggingSection {
   int64_t every_steps = 1;
 };
 
+// The burn watch at every checkpoint: the cheap signs (weight drift; change, style bleed and
+// statistics of the samples the run draws, against the base model's samples drawn before the first
+// step; the text encoder's drift on the sample prompts) compared with `kiln diagnose`'s thresholds.
+struct DiagnoseSection {
+  bool warn = true;              // print a warning naming the part when a sign crosses
+  bool stop_when_burnt = false;  // stop the run after the checkpoint where one does
+  DiagnosisThresholds thresholds;  // `kiln diagnose`'s defaults
+};
+
 struct RunConfig {
   ModelSection model;
   DataSection data;
@@ -144,6 +155,7 @@ struct RunConfig {
   SamplesSection samples;
   LoraSection lora;
   LoggingSection logging;
+  DiagnoseSection diagnose;
 };
 
 // Reads `path` (relative paths inside it are resolved against its folder), applies each

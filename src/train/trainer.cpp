@@ -14,6 +14,7 @@
 #include "data/captions.h"
 #include "image/png.h"
 #include "io/checkpoint.h"
+#include "lab/prompt_drift.h"
 #include "logging/metrics_log.h"
 #include "models/autocast.h"
 #include "models/device.h"
@@ -23,6 +24,7 @@
 #include "pipeline/txt2img.h"
 #include "train/diffusion_loss.h"
 #include "train/distributed.h"
+#include "train/burn_watch.h"
 #include "train/ema.h"
 #include "train/grad_scaler.h"
 #include "train/latent_cache.h"
@@ -122,7 +124,10 @@ class Trainer {
                             const std::string& settings);
   void finish_save(const fs::path& path, const std::string& name, StateDict state, int64_t epoch,
                    int64_t batch, const std::string& trained_parts, const std::string& settings);
-  void write_samples(const std::string& name);
+  // Draws the sample prompts into samples/NAME/ and returns them for the burn watch.
+  SampleRound write_samples(const std::string& name);
+  void start_burn_watch();
+  void watch_for_burn(const std::string& name, SampleRound round);
   std::vector<GenerationSettings> sample_prompts() const;
   void restore(const fs::path& state_file);
   void set_train_mode(bool training);
@@ -160,6 +165,8 @@ class Trainer {
   // Parts kept at half precision because they do not train, as loaded: checkpoints write these, so
   // a frozen part stays bit-identical to the base model.
   std::map<std::string, StateDict> frozen_originals_;
+  std::optional<BurnWatch> watch_;
+  bool burnt_ = false;  // the burn watch saw a sign at the last checkpoint
 };
 
 // Moves the networks to the training device; under mixed precision, the parts that do not train
@@ -356,8 +363,9 @@ std::vector<GenerationSettings> Trainer::sample_prompts() const {
   return read_prompt_file(config_.samples.prompts, defaults);
 }
 
-void Trainer::write_samples(const std::string& name) {
-  if (config_.samples.prompts.empty()) return;
+SampleRound Trainer::write_samples(const std::string& name) {
+  SampleRound round(config_.data.activation_phrase);
+  if (config_.samples.prompts.empty()) return round;
   const auto prompts = sample_prompts();
   const auto dir = options_.run_dir / "samples" / name;
   fs::create_directories(dir);
@@ -368,15 +376,73 @@ void Trainer::write_samples(const std::string& name) {
   Txt2Img txt2img(model_->models, model_->tokenizer);
   ModelIdentity identity{name, ""};
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const auto images = txt2img.generate(prompts[i]);
+    auto images = txt2img.generate(prompts[i]);
     for (size_t b = 0; b < images.size(); ++b) {
       const auto seed = prompts[i].seed + b;
       write_png(dir / fmt::format("{:02}-{}.png", i, seed), images[b],
                 {{"parameters", format_a1111_parameters(prompts[i], seed, identity)}});
     }
+    round.add(prompts[i].prompt, std::move(images));
   }
   if (options_.device.is_cuda() && config_.data.cache_latents) model_->models.vae->to(torch::kCPU);
   set_train_mode(true);
+  return round;
+}
+
+// The base model's samples (drawn now, or read back from samples/base/ when a resumed run drew them)
+// and its text encoder's output for the control prompts: what every checkpoint is compared with.
+void Trainer::start_burn_watch() {
+  const auto& d = config_.diagnose;
+  if (!is_main() || !(d.warn || d.stop_when_burnt)) return;
+  if (config_.samples.prompts.empty()) {
+    say("[diagnose] no samples.prompts: the burn watch compares the samples of each checkpoint with the base "
+        "model's, so it is off");
+    return;
+  }
+  SampleRound round(config_.data.activation_phrase);
+  const auto dir = options_.run_dir / "samples" / "base";
+  const auto prompts = sample_prompts();
+  bool complete = fs::is_directory(dir);
+  std::vector<std::vector<Image>> pictures(prompts.size());
+  for (size_t i = 0; i < prompts.size() && complete; ++i)
+    for (int64_t b = 0; b < prompts[i].batch && complete; ++b) {
+      const auto file = dir / fmt::format("{:02}-{}.png", i, prompts[i].seed + b);
+      complete = fs::is_regular_file(file);
+      if (complete) pictures[i].push_back(read_png(file));
+    }
+  if (complete) {
+    for (size_t i = 0; i < prompts.size(); ++i) round.add(prompts[i].prompt, std::move(pictures[i]));
+  } else {
+    say("[diagnose] drawing the base model's samples (samples/base/) for the burn watch");
+    round = write_samples("base");
+  }
+  torch::NoGradGuard no_grad;
+  Txt2Img txt2img(model_->models, model_->tokenizer);
+  auto conditioning = encode_prompts(txt2img, round.control_prompts(), config_.text_encoder.clip_skip);
+  BurnWatchSettings settings;
+  settings.activation_phrase = config_.data.activation_phrase;
+  for (const auto& folder : config_.data.folders) settings.training_images.emplace_back(folder.path);
+  settings.width = static_cast<int>(config_.samples.width);
+  settings.height = static_cast<int>(config_.samples.height);
+  settings.te_trains = trained_parts_.count(kTextEncoder) > 0;
+  settings.unet_trains = trained_parts_.count(kUNet) > 0;
+  settings.thresholds = config_.diagnose.thresholds;
+  watch_.emplace(std::move(settings), round.take(), std::move(conditioning));
+}
+
+void Trainer::watch_for_burn(const std::string& name, SampleRound round) {
+  if (!watch_) return;
+  torch::NoGradGuard no_grad;
+  if (lora_) lora_->inject();
+  Txt2Img txt2img(model_->models, model_->tokenizer);
+  const auto conditioning = encode_prompts(txt2img, round.control_prompts(), config_.text_encoder.clip_skip);
+  set_train_mode(true);
+  const auto check = watch_->check(name, round.take(), conditioning);
+  if (log_) log_->log(global_step_, check.values, std::nullopt);
+  burnt_ = check.burning();
+  if (check.burning() && config_.diagnose.warn)
+    say(fmt::format("[diagnose] warning: {} (`kiln diagnose {}` for the full diagnosis with the swap test)",
+                    check.line, options_.run_dir.string()));
 }
 
 void Trainer::save(int64_t epoch, int64_t batch) {
@@ -465,7 +531,7 @@ void Trainer::finish_save(const fs::path& path, const std::string& name, StateDi
   prune_states(path.parent_path(), config_.checkpoints.keep_last_states);
   result_.checkpoints.push_back(path);
   say("saved " + path.string());
-  write_samples(name);
+  watch_for_burn(name, write_samples(name));
 }
 
 // A LoRA run's checkpoint is the LoRA file itself (kohya format, loadable by A1111, ComfyUI,
@@ -572,6 +638,7 @@ TrainResult Trainer::run() {
       config_.data.crop == "random", config_.training.seed);
   if (config_.data.cache_latents) cache_all_latents();
   setup_parts();
+  start_burn_watch();
   if (options_.resume) {
     // A run killed before its first checkpoint has nothing to resume: it starts over.
     std::optional<fs::path> state;
@@ -809,6 +876,16 @@ TrainResult Trainer::run() {
     if (validate_now || done == config_.training.epochs) evaluate(done);
     const bool stop = stop_requested();
     if (listed || periodic || done == config_.training.epochs || stop) save(done, 0);
+    // Every rank asks, so every rank stops after the same epoch.
+    const bool burnt = config_.diagnose.stop_when_burnt && (options_.group ? options_.group->any(burnt_) : burnt_);
+    if (burnt && done < config_.training.epochs) {
+      say(fmt::format("[diagnose] stopping after epoch {}: a burn sign crossed (diagnose.stop_when_burnt)", done));
+      result_.stopped_burnt = true;
+      result_.epochs_done = done;
+      result_.global_step = global_step_;
+      progress.finish("stopped: burning");
+      return result_;
+    }
     if (stop) {
       result_.interrupted = done < config_.training.epochs;
       result_.epochs_done = done;

@@ -46,6 +46,7 @@ struct TrainResult {
   int64_t global_step = 0;
   std::vector<std::filesystem::path> checkpoints;  // written in this session
   bool interrupted = false;
+  bool stopped_burnt = false;  // diagnose.stop_when_burnt ended the run early
 };
 
 TrainResult train(const RunConfig& config, const TrainOptions& options);

@@ -7,7 +7,7 @@
 
 #include "models/device.h"
 #include "commands.h"
-#include "lab/diagnosis.h"
+#include "train/run_diagnosis.h"
 #include "util/error.h"
 
 namespace kiln::cli {
@@ -15,7 +15,8 @@ namespace {
 
 struct DiagnoseCommand {
   std::string run_dir, base, config, out;
-  std::vector<std::string> checkpoints, prompts;
+  std::vector<std::string> checkpoints, prompts, training_images;
+  std::string activation_phrase, swap_test = "flagged";
   std::vector<uint64_t> seeds;
   int64_t steps = 0, width = 0, height = 0;
   bool no_swap = false;
@@ -40,7 +41,11 @@ void run_diagnose(const DiagnoseCommand& c) {
   if (c.steps > 0) request.settings.steps = c.steps;
   if (c.width > 0) request.settings.width = c.width;
   if (c.height > 0) request.settings.height = c.height;
-  request.swap_test = !c.no_swap;
+  if (!c.activation_phrase.empty()) request.activation_phrase = c.activation_phrase;
+  if (!c.training_images.empty()) request.training_images.assign(c.training_images.begin(), c.training_images.end());
+  request.swap_test = c.no_swap || c.swap_test == "off" ? SwapTestPolicy::Off
+                      : c.swap_test == "last"          ? SwapTestPolicy::Last
+                                                       : SwapTestPolicy::Flagged;
   request.device = parse_device(c.device);
   request.thresholds = c.thresholds;
   const auto diagnosis =
@@ -70,7 +75,18 @@ void add_diagnose_command(CLI::App& app) {
   cmd->add_option("--steps", c->steps, "sampling steps (default: the run's samples.steps)");
   cmd->add_option("--width,-W", c->width, "cell width");
   cmd->add_option("--height,-H", c->height, "cell height");
-  cmd->add_flag("--no-swap", c->no_swap, "skip the swap test");
+  cmd->add_option("--swap-test", c->swap_test,
+                  "flagged: on every checkpoint with a burn sign and the last (each sign is blamed on the part "
+                  "that causes it); last; off")
+      ->check(CLI::IsMember({"flagged", "last", "off"}))
+      ->capture_default_str();
+  cmd->add_flag("--no-swap", c->no_swap, "skip the swap test (--swap-test off)");
+  cmd->add_option("--activation-phrase", c->activation_phrase,
+                  "prompts containing it should change; the others are control prompts (default: the run's "
+                  "data.activation_phrase)");
+  cmd->add_option("--training-images", c->training_images,
+                  "folders or pictures whose look the control pictures must not take on (default: the run's "
+                  "data folders)");
   cmd->add_option("--device", c->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--saturation-increase", c->thresholds.saturation_increase, "burn threshold")
       ->capture_default_str();
@@ -79,6 +95,15 @@ void add_diagnose_command(CLI::App& app) {
   cmd->add_option("--high-frequency-increase", c->thresholds.high_frequency_increase, "burn threshold")
       ->capture_default_str();
   cmd->add_option("--diversity-drop", c->thresholds.diversity_drop, "burn threshold")->capture_default_str();
+  cmd->add_option("--style-bleed", c->thresholds.style_bleed,
+                  "burn threshold: share of the way to the training look")
+      ->capture_default_str();
+  cmd->add_option("--control-change", c->thresholds.control_change,
+                  "burn threshold: mean RMS change of the control pictures (0-1)")
+      ->capture_default_str();
+  cmd->add_option("--prompt-drift", c->thresholds.prompt_drift,
+                  "burn threshold: relative change of the control prompts' conditioning")
+      ->capture_default_str();
   cmd->add_option("--adherence-drop", c->thresholds.adherence_drop,
                   "absolute drop of the fraction of world-prompt cells drawn with the asked colour and shape")
       ->capture_default_str();

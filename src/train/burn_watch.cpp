@@ -1,0 +1,79 @@
+#include "train/burn_watch.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "data/buckets.h"
+#include "data/image_file.h"
+#include "lab/prompt_drift.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The training pictures' mean look at the samples' size (at most 64 pictures, evenly spread).
+std::optional<LookDescriptor> look_of(const BurnWatchSettings& s) {
+  std::vector<fs::path> files;
+  for (const auto& dir : s.training_images)
+    if (fs::is_directory(dir))
+      for (const auto& entry : fs::recursive_directory_iterator(dir))
+        if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
+  if (files.empty()) return std::nullopt;
+  std::sort(files.begin(), files.end());
+  constexpr size_t kMax = 64;
+  const size_t count = std::min(files.size(), kMax);
+  std::vector<Image> pictures;
+  for (size_t i = 0; i < count; ++i)
+    pictures.push_back(resize_and_crop(load_image(files[i * files.size() / count]), {s.width, s.height},
+                                       CropMode::Center, 0));
+  return mean_look(pictures);
+}
+
+}  // namespace
+
+void SampleRound::add(const std::string& prompt, std::vector<Image> pictures) {
+  if (mentions_phrase(prompt, phrase_)) {
+    for (auto& picture : pictures) cells_.styled.push_back(std::move(picture));
+    return;
+  }
+  cells_.control_prompts.push_back(prompt);
+  cells_.control.push_back(std::move(pictures));
+}
+
+BurnWatch::BurnWatch(BurnWatchSettings settings, DrawnCells base_cells, std::vector<torch::Tensor> base_conditioning)
+    : settings_(std::move(settings)), base_conditioning_(std::move(base_conditioning)) {
+  training_look_ = look_of(settings_);
+  base_ = measure_cells(std::move(base_cells), nullptr, std::nullopt);
+}
+
+BurnCheck BurnWatch::check(const std::string& label, DrawnCells cells,
+                           const std::vector<torch::Tensor>& conditioning) const {
+  ModelImageStats now = measure_cells(std::move(cells), &base_, training_look_);
+  now.prompt_drift = prompt_drift(conditioning, base_conditioning_);
+  BurnCheck out;
+  out.signs = crossed_signs(now, base_, settings_.thresholds);
+  for (auto& sign : out.signs) {
+    if (sign.part == Part::Unet && !settings_.unet_trains) sign.part = Part::TextEncoder;
+    if (sign.part == Part::TextEncoder && !settings_.te_trains) sign.part = Part::Unet;
+  }
+  if (now.change_control) out.values["diagnose/change_control"] = *now.change_control;
+  if (now.change_styled) out.values["diagnose/change_styled"] = *now.change_styled;
+  if (now.style_bleed) out.values["diagnose/style_bleed"] = *now.style_bleed;
+  out.values["diagnose/prompt_drift"] = *now.prompt_drift;
+  out.values["diagnose/burn_score"] = burn_score(now, base_, settings_.thresholds);
+  const auto part = [&](Part p, bool trains) {
+    std::vector<std::string> texts;
+    for (const auto& sign : out.signs)
+      if (sign.part == p) texts.push_back(sign.text);
+    if (!texts.empty()) return fmt::format("{} burning: {}", part_name(p), fmt::join(texts, ", "));
+    return fmt::format("{} {}", part_name(p), trains ? "within range" : "frozen");
+  };
+  out.line = fmt::format("{}: {}; {}", label, part(Part::Unet, settings_.unet_trains),
+                         part(Part::TextEncoder, settings_.te_trains));
+  return out;
+}
+
+}  // namespace kiln
