@@ -55,7 +55,15 @@ int main(int argc, char** argv) {
     nlohmann::json all = nlohmann::json::array();
     for (const auto& run : burn_benchmark_runs()) {
       if (!filter.empty() && run.name.find(filter) == std::string::npos) continue;
-      outcomes.push_back(run_burn_benchmark(run, options));
+      // A run judged by an earlier invocation is read back, so the benchmark goes on where it stopped.
+      const auto done = options.out_dir / run.name / "outcome.json";
+      if (std::filesystem::is_regular_file(done)) {
+        std::ifstream in(done);
+        outcomes.push_back(burn_run_outcome_from_json(nlohmann::json::parse(in), run));
+      } else {
+        outcomes.push_back(run_burn_benchmark(run, options));
+        write_text_atomically(done, outcomes.back().to_json().dump(2) + "\n");
+      }
       all.push_back(outcomes.back().to_json());
       write_text_atomically(options.out_dir / "results.json", all.dump(2) + "\n");
     }

@@ -38,14 +38,20 @@ double threshold_of(const std::string& sign, const DiagnosisThresholds& t) {
   return t.prompt_drift;
 }
 
-PromptAdherence truth_of(const fs::path& model, const BurnBenchmarkOptions& o, const StyleLook& look) {
-  WorldDrawingRequest request;
-  request.model = model;
-  request.seeds = o.truth_seeds;
+GenerationSettings cell_settings(const BurnBenchmarkOptions& o) {
   DemoScale scale;
   scale.world = o.world;
   scale.steps = o.steps;
-  request.settings = demo_cell_settings(scale);
+  return demo_cell_settings(scale);
+}
+
+PromptAdherence truth_of(const fs::path& model, const BurnBenchmarkOptions& o, const StyleLook& look) {
+  WorldDrawingRequest request;
+  request.model = model;
+  request.config = o.base;
+  request.seeds = o.truth_seeds;
+  request.prompts = o.truth_prompts;
+  request.settings = cell_settings(o);
   request.style_rim = look.rim;
   return score_world_drawing(request);
 }
@@ -94,7 +100,10 @@ BurnRunOutcome rejudge(BurnRunOutcome o, const DiagnosisThresholds& t) {
     auto& c = o.checkpoints[i];
     c.signs.clear();
     for (const auto& sign : c.all_signs)
-      if (sign.value > threshold_of(sign.name, t)) c.signs.push_back(sign);
+      if (sign.value > threshold_of(sign.name, t)) {
+        c.signs.push_back(sign);
+        if (c.signs.back().text.empty()) c.signs.back().text = fmt::format("{} {:.3f}", sign.name, sign.value);
+      }
     if (!c.signs.empty() && !o.first_flagged) o.first_flagged = i;
     for (const auto& sign : c.signs) (sign.part == Part::TextEncoder ? o.te_named : o.unet_named) = true;
   }
@@ -145,10 +154,7 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
   request.activation_phrase = std::string(kDemoActivationPhrase);
   request.training_images = {style};
   request.seeds = o.diagnosis_seeds;
-  DemoScale scale;
-  scale.world = o.world;
-  scale.steps = o.steps;
-  request.settings = demo_cell_settings(scale);
+  request.settings = cell_settings(o);
   request.thresholds = o.thresholds;
   request.swap_test = SwapTestPolicy::Every;
   const auto diagnosis = diagnose(request);
@@ -209,6 +215,26 @@ nlohmann::json BurnRunOutcome::to_json() const {
           {"right_part", right_part},
           {"in_time", in_time},
           {"false_alarm", false_alarm}};
+}
+
+BurnRunOutcome burn_run_outcome_from_json(const nlohmann::json& j, const BurnBenchmarkRun& run) {
+  BurnRunOutcome o;
+  o.run = run;
+  o.base_correct = j.at("base_correct");
+  o.base_style_free = j.at("base_style_free");
+  for (const auto& c : j.at("checkpoints")) {
+    CheckpointOutcome outcome;
+    outcome.label = c.at("label");
+    outcome.correct = c.at("correct");
+    outcome.style_free = c.at("style_free");
+    outcome.damaged = c.at("damaged");
+    for (const auto& s : c.at("signs"))
+      outcome.all_signs.push_back({s.at("sign"), s.at("value"), 0.0, "",
+                                   s.at("part") == "UNet" ? Part::Unet : Part::TextEncoder});
+    if (outcome.damaged && !o.first_damaged) o.first_damaged = o.checkpoints.size();
+    o.checkpoints.push_back(std::move(outcome));
+  }
+  return rejudge(std::move(o), DiagnosisThresholds{});
 }
 
 std::string burn_benchmark_table(const std::vector<BurnRunOutcome>& outcomes) {

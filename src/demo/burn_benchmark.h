@@ -39,7 +39,8 @@ struct BurnBenchmarkOptions {
   int64_t epochs = 24, every = 6, batch_size = 4;
   int64_t steps = 16;                           // sampling steps of every cell
   std::vector<uint64_t> diagnosis_seeds{1, 2, 3, 4};
-  std::vector<uint64_t> truth_seeds{201, 202};  // over every world prompt
+  std::vector<uint64_t> truth_seeds{201, 202};
+  std::vector<std::string> truth_prompts;  // the world prompts the truth is read on (empty: every one)
   double damage_margin = 0.2;  // a share of correct or of style-free pictures falling by this much
   DiagnosisThresholds thresholds;
   std::ostream* console = nullptr;
@@ -70,6 +71,9 @@ struct BurnRunOutcome {
 
 // Trains, diagnoses and judges one run (its folder under options.out_dir).
 BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchmarkOptions& options);
+
+// An outcome written by to_json(), for `run` (what resuming a benchmark needs).
+BurnRunOutcome burn_run_outcome_from_json(const nlohmann::json& json, const BurnBenchmarkRun& run);
 
 // The outcomes again under other thresholds (the signs' values are kept): for choosing them.
 BurnRunOutcome rejudge(BurnRunOutcome outcome, const DiagnosisThresholds& thresholds);

@@ -18,6 +18,7 @@
 #include "surgery/merge.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -52,6 +53,9 @@ RunConfig style_run_config(const StyleRunSettings& s) {
   config.checkpoints.keep_last_states = 1;
   config.samples.width = config.samples.height = s.size;
   config.samples.steps = s.steps;
+  config.samples.cfg = 5.0;
+  config.samples.prompts = s.sample_prompts.string();
+  config.diagnose.warn = !s.sample_prompts.empty();
   return config;
 }
 
@@ -88,6 +92,8 @@ class Demo {
   DemoRun run_experiment(const DemoExperiment& experiment, const DemoWorld& world);
   std::vector<fs::path> merged_lora_checkpoints(const DemoRun& run, const std::vector<fs::path>& loras);
   GenerationSettings cell_settings() const;
+  // OUT/sample-prompts.txt: the grid's prompts, which every run draws at each checkpoint (seed 1).
+  fs::path sample_prompts_file() const;
   void grid(const std::vector<fs::path>& checkpoints, const std::vector<std::string>& labels,
             const std::string& title, const fs::path& out_dir, bool gif);
   void merges(DemoResult& result);
@@ -98,6 +104,14 @@ class Demo {
 };
 
 GenerationSettings Demo::cell_settings() const { return demo_cell_settings(scale_); }
+
+fs::path Demo::sample_prompts_file() const {
+  const fs::path path = options_.out_dir / "sample-prompts.txt";
+  std::string text;
+  for (const auto& prompt : demo_prompts()) text += prompt + "\n";
+  write_text_atomically(path, text);
+  return path;
+}
 
 fs::path Demo::prepare_base(const DemoWorld& world) {
   if (options_.base) {
@@ -173,6 +187,7 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   settings.epochs = experiment.long_run ? scale_.long_epochs : scale_.short_epochs;
   settings.every = experiment.long_run ? scale_.long_every : scale_.short_every;
   settings.steps = scale_.steps;
+  settings.sample_prompts = sample_prompts_file();
   RunConfig config = style_run_config(settings);
   config.lora.enabled = experiment.lora;
   config.lora.rank = 8;

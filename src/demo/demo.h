@@ -52,6 +52,9 @@ struct StyleRunSettings {
   int64_t epochs = 24, every = 6;
   int64_t steps = 16;  // of the checkpoint samples
   uint64_t seed = 555;
+  // A prompts file drawn at every checkpoint (and by the base before the first step, for the burn
+  // watch); empty: no samples and no burn watch.
+  std::filesystem::path sample_prompts;
 };
 RunConfig style_run_config(const StyleRunSettings& settings);
 

@@ -58,7 +58,7 @@ void write_sheet(const std::filesystem::path& path, const std::vector<WorldPromp
 
 PromptAdherence score_world_drawing(const WorldDrawingRequest& r) {
   if (r.seeds.empty()) throw Error("score_world_drawing: no seeds");
-  auto model = load_model(r.model, std::nullopt, false);
+  auto model = load_model(r.model, r.config, false);
   to_device(model.models, r.device);
   Txt2Img txt2img(model.models, model.tokenizer);
   const auto prompts = r.prompts.empty() ? world_prompts() : r.prompts;

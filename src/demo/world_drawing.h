@@ -18,6 +18,8 @@ namespace kiln {
 
 struct WorldDrawingRequest {
   std::filesystem::path model;
+  // The architecture when `model` is a single file of the demo's (its base folder); else none.
+  std::optional<std::filesystem::path> config;
   std::vector<std::string> prompts;  // default: every world prompt (world_prompts())
   std::vector<uint64_t> seeds{101, 102, 103, 104};  // not the seeds the demo draws and diagnoses with
   GenerationSettings settings;                       // sampler, steps, cfg, size
