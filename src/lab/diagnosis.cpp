@@ -79,30 +79,6 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
   return out;
 }
 
-// The training pictures' mean look, each scaled and centre-cropped to the cells' size so texture
-// is compared at the same scale. At most kMaxLookPictures, evenly spread over the sorted files.
-std::optional<LookDescriptor> training_look(const DiagnosisRequest& r) {
-  std::vector<fs::path> files;
-  for (const auto& source : r.training_images) {
-    if (fs::is_directory(source)) {
-      for (const auto& entry : fs::directory_iterator(source))
-        if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
-    } else {
-      files.push_back(source);
-    }
-  }
-  if (files.empty()) return std::nullopt;
-  std::sort(files.begin(), files.end());
-  const size_t count = std::min(files.size(), kMaxLookPictures);
-  std::vector<Image> pictures;
-  for (size_t i = 0; i < count; ++i) {
-    const Image picture = load_image(files[i * files.size() / count]);
-    pictures.push_back(resize_and_crop(picture, {static_cast<int>(r.settings.width), static_cast<int>(r.settings.height)},
-                                       CropMode::Center, 0));
-  }
-  return mean_look(pictures);
-}
-
 double component_drift(const std::vector<DriftGroup>& drift, const std::string& name) {
   for (const auto& g : drift)
     if (g.name == name) return g.relative_drift;
@@ -229,6 +205,30 @@ std::string change_and_bleed_svg(const Diagnosis& d) {
 
 }  // namespace
 
+// The training pictures' mean look, each scaled and centre-cropped to the cells' size so texture
+// is compared at the same scale. At most kMaxLookPictures, evenly spread over the sorted files.
+std::optional<LookDescriptor> training_look(const std::vector<fs::path>& sources, int width, int height) {
+  std::vector<fs::path> files;
+  for (const auto& source : sources) {
+    if (fs::is_directory(source)) {
+      for (const auto& entry : fs::directory_iterator(source))
+        if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
+    } else {
+      files.push_back(source);
+    }
+  }
+  if (files.empty()) return std::nullopt;
+  std::sort(files.begin(), files.end());
+  const size_t count = std::min(files.size(), kMaxLookPictures);
+  std::vector<Image> pictures;
+  for (size_t i = 0; i < count; ++i) {
+    const Image picture = load_image(files[i * files.size() / count]);
+    pictures.push_back(resize_and_crop(picture, {width, height},
+                                       CropMode::Center, 0));
+  }
+  return mean_look(pictures);
+}
+
 std::vector<BurnSign> attributed_signs(const CheckpointDiagnosis& c, const ModelImageStats& base,
                                        const DiagnosisThresholds& t) {
   const bool te_trained = component_drift(c.drift, "te") > 0, unet_trained = component_drift(c.drift, "unet") > 0;
@@ -301,7 +301,8 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
   d.base = image_statistics(base_model.models, base_model.tokenizer, r, {});
   Reference ref;
   ref.base = &d.base;
-  ref.training_look = training_look(r);
+  ref.training_look = training_look(r.training_images, static_cast<int>(r.settings.width),
+                                    static_cast<int>(r.settings.height));
   {
     Txt2Img base_txt2img(base_model.models, base_model.tokenizer);
     ref.base_conditioning = encode_prompts(base_txt2img, control_prompts(r), r.settings.clip_skip);

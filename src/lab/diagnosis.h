@@ -78,6 +78,11 @@ using DiagnosisProgress = std::function<void(const std::string& what)>;
 
 Diagnosis diagnose(const DiagnosisRequest& request, const DiagnosisProgress& progress = {});
 
+// The training pictures' mean look (folders or files; at most kMaxLookPictures, evenly spread), each
+// scaled and centre-cropped to width × height; nullopt when there are none.
+std::optional<LookDescriptor> training_look(const std::vector<std::filesystem::path>& sources, int width,
+                                            int height);
+
 // The signs of `checkpoint` against the base, each blamed on a part: by the swap test when it ran
 // for this checkpoint (the part whose half-swapped model reproduces more of the sign), else by
 // default (burn_signs.h) unless that part did not train (zero drift) and the other did.

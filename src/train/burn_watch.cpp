@@ -2,37 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
 
-#include "data/buckets.h"
-#include "data/image_file.h"
+#include "lab/diagnosis.h"
 #include "lab/prompt_drift.h"
 
 namespace kiln {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// The training pictures' mean look at the samples' size (at most 64 pictures, evenly spread).
-std::optional<LookDescriptor> look_of(const BurnWatchSettings& s) {
-  std::vector<fs::path> files;
-  for (const auto& dir : s.training_images)
-    if (fs::is_directory(dir))
-      for (const auto& entry : fs::recursive_directory_iterator(dir))
-        if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
-  if (files.empty()) return std::nullopt;
-  std::sort(files.begin(), files.end());
-  constexpr size_t kMax = 64;
-  const size_t count = std::min(files.size(), kMax);
-  std::vector<Image> pictures;
-  for (size_t i = 0; i < count; ++i)
-    pictures.push_back(resize_and_crop(load_image(files[i * files.size() / count]), {s.width, s.height},
-                                       CropMode::Center, 0));
-  return mean_look(pictures);
-}
-
-}  // namespace
 
 void SampleRound::add(const std::string& prompt, std::vector<Image> pictures) {
   if (mentions_phrase(prompt, phrase_)) {
@@ -45,7 +21,7 @@ void SampleRound::add(const std::string& prompt, std::vector<Image> pictures) {
 
 BurnWatch::BurnWatch(BurnWatchSettings settings, DrawnCells base_cells, std::vector<torch::Tensor> base_conditioning)
     : settings_(std::move(settings)), base_conditioning_(std::move(base_conditioning)) {
-  training_look_ = look_of(settings_);
+  training_look_ = training_look(settings_.training_images, settings_.width, settings_.height);
   base_ = measure_cells(std::move(base_cells), nullptr, std::nullopt);
 }
 
