@@ -61,20 +61,53 @@ TEST(Look, HistogramsOfConstructedPictures) {
   EXPECT_TRUE(test::error_of([] { mean_look({}); }).has_value());
 }
 
-TEST(Look, StyleBleedIsTheShareOfTheWayToTheTrainingLook) {
+TEST(Look, StyleBleedIsTheShareOfTheTrainingLookGained) {
+  const Rgb magenta{230, 40, 200}, cyan{40, 220, 220};
   const LookDescriptor base = mean_look({Image(16, 16, kWhite), Image(16, 16, Rgb{128, 128, 128})});
-  const LookDescriptor target = mean_look({stripes(16, Rgb{230, 40, 200}, Rgb{40, 220, 220}, 4)});
-  EXPECT_EQ(look_shift_towards(base, base, target), 0.0);
-  EXPECT_DOUBLE_EQ(look_shift_towards(target, base, target), 1.0);
-  // Half the pictures taking on the look: the mean descriptor is halfway, so is the shift (the
-  // distance is linear along the line between two descriptors while no bin changes sign).
-  const LookDescriptor half = mean_look({Image(16, 16, kWhite), stripes(16, Rgb{230, 40, 200}, Rgb{40, 220, 220}, 4)});
-  const double shift = look_shift_towards(half, mean_look({Image(16, 16, kWhite), Image(16, 16, kWhite)}), target);
-  EXPECT_NEAR(shift, 0.5, 1e-12);
-  // Moving away is negative: the base halfway there, now back to plain white.
-  EXPECT_NEAR(look_shift_towards(mean_look({Image(16, 16, kWhite)}), half, target), -1.0, 1e-12);
+  const LookDescriptor target = mean_look({stripes(16, magenta, cyan, 4)});
+  EXPECT_EQ(look_gain_towards(base, base, target), 0.0);
+  EXPECT_DOUBLE_EQ(look_gain_towards(target, base, target), 1.0);
+  // Half the pictures taking on the look: half of every histogram's gain.
+  const LookDescriptor white = mean_look({Image(16, 16, kWhite), Image(16, 16, kWhite)});
+  const LookDescriptor half = mean_look({Image(16, 16, kWhite), stripes(16, magenta, cyan, 4)});
+  EXPECT_NEAR(look_gain_towards(half, white, target), 0.5, 1e-12);
+  // Losing the look, or changing in a way the training look does not (a flat blue cast), gains nothing.
+  EXPECT_EQ(look_gain_towards(white, half, target), 0.0);
+  EXPECT_EQ(look_gain_towards(mean_look({Image(16, 16, Rgb{0, 0, 255}), Image(16, 16, kWhite)}), white, target), 0.0);
+  // Stripes appearing among washed-out pictures still count in full: half the pictures pale blue
+  // (a cast the training set does not have: nothing), half striped (half the look).
+  const LookDescriptor washed = mean_look({Image(16, 16, Rgb{190, 200, 250}), stripes(16, magenta, cyan, 4)});
+  EXPECT_NEAR(look_gain_towards(washed, white, target), 0.5, 1e-12);
   // A base that already has the look: nothing to measure.
-  EXPECT_EQ(look_shift_towards(base, target, target), 0.0);
+  EXPECT_EQ(look_gain_towards(base, target, target), 0.0);
+}
+
+// measure_cells: change and style bleed cell by cell against the base's cells of the same prompt
+// and seed; two of four control cells turning into the training look is a bleed of one half, and a
+// cell washed out in a colour the training set does not have adds nothing to it.
+TEST(BurnSigns, StyleBleedAndChangeAreMeasuredCellByCell) {
+  const Rgb magenta{230, 40, 200}, cyan{40, 220, 220}, pale{190, 200, 250};
+  const Image white(16, 16, kWhite), striped = stripes(16, magenta, cyan, 4);
+  const auto cells = [](std::vector<Image> pictures) {
+    DrawnCells drawn;
+    drawn.control_prompts = {"a white square", "a white circle"};
+    drawn.control = {{pictures[0], pictures[1]}, {pictures[2], pictures[3]}};
+    return drawn;
+  };
+  const LookDescriptor training = mean_look({striped});
+  const ModelImageStats base = measure_cells(cells({white, white, white, white}), nullptr, training);
+  EXPECT_FALSE(base.style_bleed.has_value());
+  const auto now = measure_cells(cells({striped, white, Image(16, 16, pale), striped}), &base, training);
+  ASSERT_TRUE(now.style_bleed.has_value());
+  EXPECT_NEAR(*now.style_bleed, 0.5, 1e-12);
+  double change = 0;
+  for (const Image& cell : {striped, white, Image(16, 16, pale), striped}) change += rms_difference(cell, white);
+  EXPECT_NEAR(*now.change_control, change / 4, 1e-12);
+  EXPECT_FALSE(now.change_styled.has_value());
+  DrawnCells fewer;
+  fewer.control_prompts = {"a white square"};
+  fewer.control = {{white, white}};
+  EXPECT_TRUE(test::error_of([&] { measure_cells(fewer, &base, training); }).has_value());
 }
 
 TEST(PromptDrift, RelativeChangeOfTheConditioningWithoutStartTokens) {
@@ -120,6 +153,31 @@ TEST(BurnSigns, EachSignCrossesItsOwnThreshold) {
   // Each sign counts as value / threshold in the burn score: 0.5/0.3 + 0.21/0.2 + 0.1/0.15 + 0.2/0.25 + 0.5/0.3.
   EXPECT_NEAR(burn_score(now, base, {}), 0.5 / 0.3 + 0.21 / 0.2 + 0.10 / 0.15 + 0.2 / 0.25 + 0.5 / 0.3, 1e-12);
   EXPECT_TRUE(crossed_signs(base, base, {}).empty());
+}
+
+// An adherence drop counts only over enough cells: 3 of 3 -> 2 of 3 is one picture, not a burn.
+TEST(BurnSigns, AdherenceNeedsEnoughCellsAndThresholdsAreFoundByName) {
+  ModelImageStats base = base_stats();
+  ModelImageStats now = base;
+  now.adherence = PromptAdherence{0.6, 0.6, 0.6, 1.0, 1.0, 0.6, 1.0, 10};
+  EXPECT_NEAR(sign_value("prompt adherence", now, base), 0.4, 1e-12);
+  now.adherence->cells = base.adherence->cells = kMinAdherenceCells - 1;
+  EXPECT_EQ(sign_value("prompt adherence", now, base), 0.0);
+  EXPECT_TRUE(crossed_signs(now, base, {}).empty());
+
+  DiagnosisThresholds t;
+  t.style_bleed = 0.42;
+  EXPECT_EQ(sign_threshold("style bleed", t), 0.42);
+  EXPECT_EQ(sign_threshold("prompt drift", t), 0.30);
+  EXPECT_TRUE(test::error_of([&] { sign_threshold("sharpness", t); }).has_value());
+  // At every_sign_thresholds() any burn-ward value at all is a crossed sign.
+  now = base;
+  now.style_bleed = 0.01;
+  now.mean.contrast = 0.2001;
+  const auto signs = crossed_signs(now, base, every_sign_thresholds());
+  ASSERT_EQ(signs.size(), 2u);
+  EXPECT_EQ(signs[0].name, "contrast");
+  EXPECT_EQ(signs[1].name, "style bleed");
 }
 
 CheckpointDiagnosis checkpoint(const std::string& label, const ModelImageStats& images, double te, double unet) {

@@ -96,6 +96,13 @@ TEST_F(CliTest, ConvertRoundTripIsBitExact) {
   ASSERT_EQ(r2.exit_code, 0) << r2.output;
   std::string why;
   EXPECT_TRUE(same_tensors(kTinyModel, back, &why)) << why;
+  // A folder has no A1111 hash (A1111 hashes one file): inspect says so instead of promising one.
+  auto inspected = run_kiln("inspect " + folder.string() + " --json");
+  ASSERT_EQ(inspected.exit_code, 0) << inspected.output;
+  const auto j = nlohmann::json::parse(inspected.output);
+  EXPECT_TRUE(j["autov2_hash"].is_null());
+  EXPECT_FALSE(j.contains("sha256"));
+  EXPECT_NE(j["a1111_hash_note"].get<std::string>().find("kiln convert FOLDER model.safetensors"), std::string::npos);
 }
 
 TEST_F(CliTest, ConvertToHalfPrecisionAndBack) {
@@ -147,6 +154,31 @@ TEST_F(CliTest, MissingFileFailsWithItsName) {
   auto r = run_kiln("inspect " + missing.string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find(missing.string()), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, InvalidThreadCountIsAnErrorNamingTheVariable) {
+  for (const std::string value : {"two", "0", "8x", ""}) {
+    ::setenv("KILN_THREADS", value.c_str(), 1);
+    auto r = run_kiln("inspect " + kTinyModel.string() + " " + config_arg());
+    ::unsetenv("KILN_THREADS");
+    EXPECT_EQ(r.exit_code, 1) << value;
+    EXPECT_NE(r.output.find("KILN_THREADS=" + value + " is not a number of threads"), std::string::npos) << r.output;
+  }
+}
+
+// An output into a folder that does not exist fails before any work, naming that folder.
+TEST_F(CliTest, MissingOutputFolderIsNamedBeforeAnyWork) {
+  const auto missing = dir_ / "no-such-folder";
+  for (const std::string& command :
+       {"lora extract " + kTinyModel.string() + " " + kTinyModel.string() + " --rank 4 " + config_arg() + " --out ",
+        "convert " + kTinyModel.string() + " " + config_arg() + " ",
+        "merge " + kTinyModel.string() + " " + kTinyModel.string() + " --alpha 0.5 " + config_arg() + " --out "}) {
+    auto r = run_kiln(command + (missing / "x.safetensors").string());
+    EXPECT_EQ(r.exit_code, 1) << command;
+    EXPECT_NE(r.output.find("the folder " + missing.string() + " does not exist"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(".tmp"), std::string::npos) << r.output;
+  }
+  EXPECT_FALSE(fs::exists(missing));
 }
 
 TEST_F(CliTest, TruncatedFileFailsAndWritesNothing) {

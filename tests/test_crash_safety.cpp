@@ -190,6 +190,23 @@ TEST_F(CrashSafetyTest, TwentyKillsThenBitIdenticalToAnUninterruptedRun) {
     EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
 }
 
+// The run file is written before any work, so a run killed in its first moments (loading the model,
+// caching latents), before any checkpoint, resumes: with no state yet it starts over and says so.
+TEST_F(CrashSafetyTest, ARunKilledBeforeItsFirstCheckpointResumes) {
+  const auto run = dir_ / "early";
+  const pid_t pid = start_kiln(train_args(run), dir_ / "early.log");
+  for (int i = 0; i < 3000 && !fs::exists(run / "run.toml"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ::kill(pid, SIGKILL);
+  ASSERT_EQ(wait_for(pid), 128 + SIGKILL);
+  ASSERT_TRUE(fs::exists(run / "run.toml")) << test::read_bytes(dir_ / "early.log");
+  ASSERT_FALSE(fs::exists(run / "checkpoints" / "e0001.safetensors"));
+  ASSERT_EQ(train_args(run)[1], "--resume");
+  EXPECT_EQ(wait_for(start_kiln(train_args(run), dir_ / "resumed.log")), 0) << test::read_bytes(dir_ / "resumed.log");
+  EXPECT_NE(test::read_bytes(dir_ / "resumed.log").find("starting from the beginning"), std::string::npos);
+  expect_same_final_state(reference(), run);
+}
+
 TEST_F(CrashSafetyTest, SigtermSavesACheckpointAndTheResumedRunFinishesExactly) {
   const auto run = dir_ / "stopped";
   const pid_t pid = start_kiln(train_args(run), dir_ / "stopped.log");

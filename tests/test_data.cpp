@@ -242,6 +242,45 @@ TEST_F(DataFiles, GreyAndSixteenBitPng) {
   EXPECT_EQ(kiln::load_image(dir_ / "deep.png").at(5, 5), (Rgb{255, 100, 0}));
 }
 
+// libpng's warnings (a damaged ancillary chunk here; "iCCP: known incorrect sRGB profile" in real
+// photo folders) stay off the console: the picture itself is fine.
+TEST_F(DataFiles, PngDecoderWarningsStayQuiet) {
+  kiln::write_png(dir_ / "noted.png", quadrants(16, 12), {{"Comment", "made by a photo editor"}});
+  std::string bytes = read_bytes(dir_ / "noted.png");
+  const auto text_chunk = bytes.find("tEXt");
+  ASSERT_NE(text_chunk, std::string::npos);
+  const size_t length = static_cast<std::uint8_t>(bytes[text_chunk - 1]);  // short chunk: low byte only
+  bytes[text_chunk + 4 + length] ^= 0x5A;                                  // its CRC
+  write_bytes(dir_ / "noted.png", bytes);
+  testing::internal::CaptureStderr();
+  const Image image = kiln::load_image(dir_ / "noted.png");
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(image.pixels, quadrants(16, 12).pixels);
+}
+
+// TIFFs as scanners and cameras write them: 16-bit grey, RGBA, 8-bit RGB (OpenCV's libtiff).
+TEST_F(DataFiles, TiffGreySixteenBitAndAlpha) {
+  cv::Mat deep_grey(6, 5, CV_16UC1, cv::Scalar(257 * 90));
+  ASSERT_TRUE(cv::imwrite((dir_ / "grey16.tif").string(), deep_grey));
+  const Image g = kiln::load_image(dir_ / "grey16.tif");
+  EXPECT_EQ(g.width, 5);
+  EXPECT_EQ(g.height, 6);
+  EXPECT_EQ(g.at(2, 3), (Rgb{90, 90, 90}));
+
+  cv::Mat bgra(4, 4, CV_8UC4, cv::Scalar(0, 0, 200, 255));
+  bgra.at<cv::Vec4b>(1, 1) = {0, 0, 200, 0};
+  bgra.at<cv::Vec4b>(2, 2) = {0, 0, 200, 128};
+  ASSERT_TRUE(cv::imwrite((dir_ / "alpha.tiff").string(), bgra));
+  const Image a = kiln::load_image(dir_ / "alpha.tiff");
+  EXPECT_EQ(a.at(0, 0), (Rgb{200, 0, 0}));
+  EXPECT_EQ(a.at(1, 1), kWhite);
+  EXPECT_EQ(a.at(2, 2), (Rgb{227, 127, 127}));  // as for PNG: (200*128 + 255*127) / 255
+
+  ASSERT_TRUE(cv::imwrite((dir_ / "q.tif").string(), to_bgr(quadrants(64, 48))));
+  EXPECT_EQ(kiln::load_image(dir_ / "q.tif").pixels, quadrants(64, 48).pixels);
+  EXPECT_TRUE(kiln::is_image_file(dir_ / "Q.TIF"));
+}
+
 TEST_F(DataFiles, AlphaIsCompositedOverWhite) {
   cv::Mat bgra(8, 8, CV_8UC4);
   for (int y = 0; y < 8; ++y)
@@ -296,7 +335,7 @@ TEST_F(DataFiles, BadFilesNameThePath) {
     const auto message = error_of([&] { kiln::load_image(dir_ / name); });
     ASSERT_TRUE(message.has_value()) << name;
     EXPECT_NE(message->find((dir_ / name).string()), std::string::npos) << *message;
-    EXPECT_NE(message->find("not a readable image (JPEG, PNG, WebP)"), std::string::npos) << *message;
+    EXPECT_NE(message->find("not a readable image (JPEG, PNG, WebP, BMP, TIFF)"), std::string::npos) << *message;
   }
   // A real PNG cut short after its header.
   ASSERT_TRUE(cv::imwrite((dir_ / "whole.png").string(), to_bgr(gradient(64, 64))));
@@ -337,7 +376,23 @@ TEST_F(DataFiles, DecompressionBombsAreRefusedFromTheHeader) {
     for (size_t i = 0; i < 4; ++i) bits |= std::uint32_t{static_cast<std::uint8_t>(b[21 + i])} << (8 * i);
     put_le32(b, 21, (bits & 0xF0000000u) | 16383u | (16383u << 14));
   });
-  for (const char* name : {"bomb.png", "bomb.jpg", "bomb.bmp", "bomb.webp"}) {
+  patched("bomb.tif", [&](std::string& b) {  // the first directory's ImageWidth and ImageLength
+    ASSERT_EQ(b.substr(0, 2), "II");
+    const auto u16 = [&](size_t at) { return static_cast<unsigned>(static_cast<std::uint8_t>(b[at])) |
+                                             static_cast<unsigned>(static_cast<std::uint8_t>(b[at + 1])) << 8; };
+    size_t ifd = 0;
+    for (size_t i = 0; i < 4; ++i) ifd |= size_t{static_cast<std::uint8_t>(b[4 + i])} << (8 * i);
+    int found = 0;
+    for (unsigned i = 0; i < u16(ifd); ++i) {
+      const size_t entry = ifd + 2 + 12 * i;
+      if (u16(entry) != 256 && u16(entry) != 257) continue;
+      b[entry + 2] = 4, b[entry + 3] = 0;  // LONG
+      put_le32(b, entry + 8, 100000);
+      ++found;
+    }
+    ASSERT_EQ(found, 2);
+  });
+  for (const char* name : {"bomb.png", "bomb.jpg", "bomb.bmp", "bomb.webp", "bomb.tif"}) {
     const auto message = error_of([&] { kiln::load_image(dir_ / name); });
     ASSERT_TRUE(message.has_value()) << name;
     EXPECT_NE(message->find((dir_ / name).string()), std::string::npos) << *message;
@@ -533,7 +588,11 @@ TEST_F(DataFiles, ScanFolders) {
 
   std::ostringstream warnings;
   const auto items = kiln::scan_folders({{one, 2}, {two, 1}}, false, warnings);
-  EXPECT_TRUE(warnings.str().empty());
+  // What training will not see is named: the stray file and the sub-folder (never searched).
+  EXPECT_EQ(warnings.str(),
+            "note: " + one.string() + ": 1 file not used (neither a picture kiln reads nor its caption): notes.md\n" +
+                "note: " + one.string() +
+                ": 1 sub-folder not read (list a folder in data.folders to train on it): nested\n");
   ASSERT_EQ(items.size(), 7u);
   const std::vector<std::string> names{"a.jpg",  "a.jpg",  "b_thing.png", "b_thing.png",
                                        "c.webp", "c.webp", "z.png"};

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "demo/demo.h"
 #include "demo/demo_report.h"
+#include "demo/shipped_base.h"
 #include "image/png.h"
 #include "io/checkpoint.h"
 #include "lab/run_report.h"
@@ -129,6 +131,34 @@ TEST(DemoBase, ShippedBaseIsTheTinyArchitecture) {
     ASSERT_FALSE(dict->empty());
     EXPECT_EQ(dict->begin()->second.scalar_type(), torch::kHalf);
   }
+}
+
+// Where the shipped base is looked for, in order, and what the demo says when it is nowhere: it never
+// retrains unasked (that is an hour and a half), and fails before writing anything big.
+TEST_F(DemoTest, ShippedBaseIsFoundBesideTheBinaryOrNamedWhereItWasLookedFor) {
+  const auto candidates = kiln::shipped_base_candidates("/opt/k/bin/kiln", fs::path("/data"), "/src/kiln");
+  EXPECT_EQ(candidates, (std::vector<fs::path>{"/data/demo-base", "/opt/k/share/kiln/demo-base",
+                                               "/opt/k/assets/demo-base", "/src/kiln/assets/demo-base"}));
+  EXPECT_EQ(kiln::shipped_base_candidates("", std::nullopt, "/src/kiln"),
+            (std::vector<fs::path>{"/src/kiln/assets/demo-base"}));
+
+  const fs::path empty = dir_ / "nothing" / "demo-base", shipped = dir_ / "share" / "demo-base";
+  fs::create_directories(empty);
+  fs::create_directories(shipped);
+  std::ofstream(shipped / "model_index.json") << "{}";
+  EXPECT_EQ(kiln::find_shipped_base({empty, shipped}), shipped);
+  EXPECT_FALSE(kiln::find_shipped_base({empty}).has_value());
+
+  kiln::DemoOptions options;
+  options.out_dir = dir_ / "demo";
+  options.cache_dir = dir_ / "cache";
+  options.shipped_base_candidates = {empty};
+  const auto error = kiln::test::error_of([&] { kiln::run_demo(options); });
+  ASSERT_TRUE(error.has_value());
+  EXPECT_NE(error->find("is in none of: " + empty.string() + ". Set KILN_DATA_DIR"), std::string::npos) << *error;
+  EXPECT_NE(error->find("--retrain-base"), std::string::npos) << *error;
+  EXPECT_FALSE(fs::exists(dir_ / "demo" / "world" / "plain"));
+  EXPECT_FALSE(fs::exists(dir_ / "cache"));
 }
 
 }  // namespace

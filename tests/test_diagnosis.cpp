@@ -58,6 +58,9 @@ height = 64
   EXPECT_EQ(request.checkpoints[0].filename(), "e0001.safetensors");
   request.prompts = {"a red circle"};
   request.seeds = {1, 2};
+  // The default policy skips the swap test when one part is frozen; Every runs it anyway.
+  EXPECT_FALSE(diagnose(request).checkpoints.back().swap.has_value());
+  request.swap_test = SwapTestPolicy::Every;
   const auto diagnosis = diagnose(request);
   for (const auto& c : diagnosis.checkpoints) {
     for (const auto& g : c.drift) {
@@ -70,7 +73,6 @@ height = 64
     }
     EXPECT_NE(c.verdict.find(c.label), std::string::npos);
   }
-  // The swap test ran at least on the last checkpoint.
   ASSERT_TRUE(diagnosis.checkpoints.back().swap.has_value());
   const auto& swap = *diagnosis.checkpoints.back().swap;
   // The "trained" text encoder is the base one: the same images as the base model, to the bit.

@@ -14,6 +14,7 @@
 #include "test_support.h"
 #include "image/png.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "logging/metrics_log.h"
 #include "logging/tensorboard.h"
 #include "surgery/lora.h"
@@ -203,6 +204,17 @@ TEST_P(ResumeTest, InterruptedAndResumedRunEqualsUninterruptedRun) {
     ASSERT_EQ(a.entries().size(), b.entries().size());
     for (const auto& entry : a.entries())
       EXPECT_TRUE(torch::equal(a.tensor(entry.name), b.tensor(entry.name))) << entry.name;
+    // The averaged LoRA is saved beside each LoRA and resumed to the bit; it is not the raw one.
+    const auto ema_a = SafeTensorsFile::open(dir_ / "straight" / "checkpoints" / "e0003-ema.safetensors"),
+               ema_b = SafeTensorsFile::open(dir_ / "resumed" / "checkpoints" / "e0003-ema.safetensors");
+    ASSERT_EQ(ema_a.entries().size(), a.entries().size());
+    EXPECT_EQ(ema_a.metadata().at("kiln.ema_decay"), "0.9");
+    bool differs = false;
+    for (const auto& entry : ema_a.entries()) {
+      EXPECT_TRUE(torch::equal(ema_a.tensor(entry.name), ema_b.tensor(entry.name))) << entry.name;
+      differs = differs || !torch::equal(ema_a.tensor(entry.name), a.tensor(entry.name));
+    }
+    EXPECT_TRUE(differs);
     return;
   }
   const auto a = weights(straight.checkpoints.back()), b = weights(second.checkpoints.back());
@@ -309,9 +321,12 @@ TEST_F(TrainTest, EightBitAdamWLossCurveStaysNearAdamW) {
 }
 
 TEST_F(TrainTest, ASwitchedOffPartStaysBitIdentical) {
+  // Without a console the trainer is quiet: no progress bar on stderr either.
+  testing::internal::CaptureStderr();
   const auto result =
       run(config({"text_encoder.train=false", "training.epochs=1", "checkpoints.every_epochs=0"}),
           dir_ / "unet-only");
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
   const auto trained = read_checkpoint(result.checkpoints.back(), test::tiny_config_path());
   const auto base = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
   for (const auto& [name, tensor] : base.text_encoder)
@@ -543,6 +558,20 @@ TEST(ExponentialMovingAverage, FollowsTheFormulaAndSwaps) {
   EXPECT_TRUE(torch::equal(w, torch::full({3}, 4.0)));
 }
 
+TEST(ResumeState, MalformedCounterNamesTheFileAndTheKey) {
+  const auto run_dir = test::fresh_temp_dir("kiln-state");
+  const auto state = run_dir / "checkpoints" / "e0001.state.safetensors";
+  std::filesystem::create_directories(state.parent_path());
+  SafeTensorsWriteOptions options;
+  options.metadata = {{"kiln.global_step", "12a"}};
+  save_safetensors(state, {{"x", torch::zeros({1})}}, options);
+  const auto error = test::error_of([&] { latest_state(run_dir); });
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(*error, state.string() + ": metadata kiln.global_step is '12a', not a whole number (a damaged or foreign "
+                                     "resume state)");
+  std::filesystem::remove_all(run_dir);
+}
+
 TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {
   const std::string text = "[model]\ncheckpoint = \"m.safetensors\"\n[data]\nfolders = [\"d\"]\n";
   auto c = parse_run_config(
@@ -576,6 +605,8 @@ TEST(RunConfig, OverridesUnknownKeysAndRoundTrip) {
             std::string::npos);
   EXPECT_NE(message("[data]\nfolders = [\"d\"]\n").find("model.checkpoint is required"), std::string::npos);
   EXPECT_NE(message(text, {"unetlr=1"}).find("must read section.key=value"), std::string::npos);
+  EXPECT_EQ(message(text, {"diagnose.style_bleed=-0.1", "diagnose.prompt_drift=-1"}),
+            "r.toml: diagnose.style_bleed, diagnose.prompt_drift must be >= 0 (a threshold is a size of change)");
 }
 
 }  // namespace

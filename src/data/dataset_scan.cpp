@@ -1,7 +1,10 @@
 #include "data/dataset_scan.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <ostream>
+#include <set>
 
 #include "data/captions.h"
 #include "data/image_file.h"
@@ -21,10 +24,45 @@ std::vector<std::filesystem::path> image_files(const FolderSpec& folder) {
     std::error_code type_ec;
     if (entry.is_regular_file(type_ec) && is_image_file(entry.path())) files.push_back(entry.path());
   }
-  if (files.empty()) throw_file_error(folder.path, "no image files (JPEG, PNG, WebP, BMP) in the folder");
+  if (files.empty()) throw_file_error(folder.path, "no image files (JPEG, PNG, WebP, BMP, TIFF) in the folder");
   std::sort(files.begin(), files.end(),
             [](const auto& a, const auto& b) { return a.filename().string() < b.filename().string(); });
   return files;
+}
+
+// "a, b, c" for the first few names, "and N more" for the rest: a console line, not a listing.
+std::string few_names(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 8;
+  std::string out;
+  for (size_t i = 0; i < std::min(names.size(), kShown); ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) out += fmt::format(" and {} more", names.size() - kShown);
+  return out;
+}
+
+// Says which entries of the folder training will not see: files that are neither a picture kiln
+// reads nor a sidecar of one (same stem), and sub-folders (never searched). A .tif skipped without
+// a word, or a picture one level too deep, is a dataset silently smaller than its owner thinks.
+void note_unused(const std::filesystem::path& folder, const std::vector<std::filesystem::path>& pictures,
+                 std::ostream& warnings) {
+  std::set<std::string> stems;
+  for (const auto& picture : pictures) stems.insert(picture.stem().string());
+  std::vector<std::string> files, folders;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    std::error_code ec;
+    if (entry.is_directory(ec))
+      folders.push_back(name);
+    else if (!is_image_file(entry.path()) && !stems.count(entry.path().stem().string()))
+      files.push_back(name);
+  }
+  std::sort(files.begin(), files.end());
+  std::sort(folders.begin(), folders.end());
+  if (!files.empty())
+    warnings << fmt::format("note: {}: {} file{} not used (neither a picture kiln reads nor its caption): {}\n",
+                            folder.string(), files.size(), files.size() == 1 ? "" : "s", few_names(files));
+  if (!folders.empty())
+    warnings << fmt::format("note: {}: {} sub-folder{} not read (list a folder in data.folders to train on it): {}\n",
+                            folder.string(), folders.size(), folders.size() == 1 ? "" : "s", few_names(folders));
 }
 
 }  // namespace
@@ -33,7 +71,9 @@ std::vector<DataItem> scan_folders(const std::vector<FolderSpec>& folders, bool 
                                    std::ostream& warnings) {
   std::vector<DataItem> items;
   for (const auto& folder : folders) {
-    for (const auto& file : image_files(folder)) {
+    const auto pictures = image_files(folder);
+    note_unused(folder.path, pictures, warnings);
+    for (const auto& file : pictures) {
       DataItem item;
       item.image = file;
       try {

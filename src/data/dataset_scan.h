@@ -24,7 +24,9 @@ struct DataItem {
 // row. Each picture is decoded once here, so a broken file fails the scan rather than a training
 // step hours later: a bad image or caption throws its kiln::Error, or, with skip_bad_files, writes
 // "warning: skipped <file>: <problem>" as one line to `warnings` and leaves the item out.
-// Throws kiln::Error naming the folder when it is missing, holds no image files, or repeats < 1.
+// Files that are neither pictures nor captions, and sub-folders, are named in one "note:" line each
+// per folder. Throws kiln::Error naming the folder when it is missing, holds no image files, or
+// repeats < 1.
 std::vector<DataItem> scan_folders(const std::vector<FolderSpec>& folders, bool skip_bad_files,
                                    std::ostream& warnings);
 

@@ -20,13 +20,14 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "image/png.h"
 #include "util/error.h"
 
 namespace kiln {
 
 namespace {
 
-constexpr const char* kNotAnImage = "not a readable image (JPEG, PNG, WebP)";
+constexpr const char* kNotAnImage = "not a readable image (JPEG, PNG, WebP, BMP, TIFF)";
 
 std::vector<std::uint8_t> read_bytes(const std::filesystem::path& path) {
   std::error_code ec;
@@ -51,8 +52,30 @@ struct StatedSize {
   std::uint64_t width = 0, height = 0;
 };
 
+// TIFF (TIFF 6.0 specification, section 2): the first image file directory's ImageWidth (256) and
+// ImageLength (257) entries, SHORT or LONG, in the file's byte order.
+std::optional<StatedSize> tiff_stated_size(const std::vector<std::uint8_t>& b) {
+  const bool little = b[0] == 'I';
+  const auto u16 = [&](std::size_t at) {
+    return little ? static_cast<std::uint32_t>(b[at] | b[at + 1] << 8) : static_cast<std::uint32_t>(b[at] << 8 | b[at + 1]);
+  };
+  const auto u32 = [&](std::size_t at) { return little ? little_endian_32(&b[at]) : big_endian_32(&b[at]); };
+  const std::size_t ifd = u32(4);
+  if (ifd + 2 > b.size()) return std::nullopt;
+  StatedSize size;
+  for (std::uint32_t i = 0, count = u16(ifd); i < count && ifd + 2 + 12 * (i + 1) <= b.size(); ++i) {
+    const std::size_t entry = ifd + 2 + 12 * i;
+    const std::uint32_t tag = u16(entry), type = u16(entry + 2);
+    const std::uint64_t value = type == 3 ? u16(entry + 8) : type == 4 ? u32(entry + 8) : 0;
+    if (tag == 256) size.width = value;
+    if (tag == 257) size.height = value;
+  }
+  if (size.width == 0 || size.height == 0) return std::nullopt;
+  return size;
+}
+
 // The width and height a file's header states, read without decoding (PNG IHDR, JPEG start of frame,
-// WebP VP8/VP8L/VP8X, BMP): a few kilobytes can claim a picture whose pixels need gigabytes, and the
+// WebP VP8/VP8L/VP8X, BMP, TIFF): a few kilobytes can claim a picture whose pixels need gigabytes, and the
 // decoder would allocate them before finding out. Unknown formats give nothing (OpenCV's own limit
 // then applies).
 std::optional<StatedSize> stated_size(const std::vector<std::uint8_t>& b) {
@@ -94,25 +117,8 @@ std::optional<StatedSize> stated_size(const std::vector<std::uint8_t>& b) {
     return StatedSize{little_endian_32(&b[18]),
                       static_cast<std::uint64_t>(height < 0 ? -static_cast<std::int64_t>(height) : height)};
   }
+  if (n >= 8 && ((b[0] == 'I' && b[1] == 'I') || (b[0] == 'M' && b[1] == 'M'))) return tiff_stated_size(b);
   return std::nullopt;
-}
-
-// PNG: an alpha colour type, or a tRNS chunk (transparent palette entries or key colour) before
-// the image data.
-bool png_has_alpha(const std::vector<std::uint8_t>& b) {
-  static constexpr std::array<std::uint8_t, 8> kSignature{0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (b.size() < 33 || !std::equal(kSignature.begin(), kSignature.end(), b.begin())) return false;
-  const std::uint8_t color_type = b[25];
-  if (color_type == 4 || color_type == 6) return true;
-  std::size_t pos = 8;
-  while (pos + 8 <= b.size()) {
-    const std::uint32_t length = big_endian_32(&b[pos]);
-    const char* type = reinterpret_cast<const char*>(&b[pos + 4]);
-    if (std::memcmp(type, "tRNS", 4) == 0) return true;
-    if (std::memcmp(type, "IDAT", 4) == 0) return false;
-    pos += std::size_t{length} + 12;
-  }
-  return false;
 }
 
 // WebP: the extended format states alpha in its flags; lossless (VP8L) has an alpha-is-used bit;
@@ -124,10 +130,22 @@ bool webp_has_alpha(const std::vector<std::uint8_t>& b) {
   return false;
 }
 
-// Alpha over white, rounding to nearest; also takes 16-bit samples down to 8 bits.
+bool is_png(const std::vector<std::uint8_t>& b) {
+  static constexpr std::uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  return b.size() >= 8 && std::memcmp(b.data(), kSignature, 8) == 0;
+}
+
+bool is_tiff(const std::vector<std::uint8_t>& b) {
+  return b.size() >= 4 && ((b[0] == 'I' && b[1] == 'I' && b[2] == 42 && b[3] == 0) ||
+                           (b[0] == 'M' && b[1] == 'M' && b[2] == 0 && b[3] == 42));
+}
+
+// Alpha over white, rounding to nearest; also takes 16-bit samples (and 0-1 floats) down to 8 bits.
 cv::Mat flatten_alpha(const cv::Mat& decoded) {
   cv::Mat eight_bit = decoded;
   if (decoded.depth() == CV_16U) decoded.convertTo(eight_bit, CV_8U, 1.0 / 257.0);
+  if (decoded.depth() == CV_32F || decoded.depth() == CV_64F) decoded.convertTo(eight_bit, CV_8U, 255.0);
+  if (eight_bit.depth() != CV_8U) return {};  // signed samples: no picture kiln can read as one
   cv::Mat bgra;
   if (eight_bit.channels() == 4)
     bgra = eight_bit;
@@ -164,10 +182,24 @@ Image load_image(const std::filesystem::path& path) {
     throw_file_error(path, fmt::format("states {}x{} pixels, more than the {} megapixels kiln decodes (a "
                                        "decompression bomb, or a picture to downscale first)",
                                        size->width, size->height, kMaxImagePixels / 1000000));
+  if (is_png(bytes)) {
+    // Through kiln's libpng reader, whose warning handler is silent: photo-editor PNGs often carry
+    // an sRGB profile libpng calls "known incorrect", and OpenCV's decoder prints that on stderr.
+    try {
+      return read_png(path);
+    } catch (const Error&) {
+      throw_file_error(path, kNotAnImage);
+    }
+  }
   cv::Mat bgr;
   try {
     const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<std::uint8_t*>(bytes.data()));
-    if (png_has_alpha(bytes) || webp_has_alpha(bytes)) {
+    if (is_tiff(bytes)) {
+      // Scanners and cameras write 16-bit, float, grey and RGBA TIFFs: decoded as stored, then
+      // converted the way alpha and 16-bit PNGs are.
+      const cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+      if (!decoded.empty()) bgr = flatten_alpha(decoded);
+    } else if (webp_has_alpha(bytes)) {
       const cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
       if (!decoded.empty()) bgr = flatten_alpha(decoded);
     } else {
@@ -188,7 +220,8 @@ Image load_image(const std::filesystem::path& path) {
 bool is_image_file(const std::filesystem::path& path) {
   std::string ext = path.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp";
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp" || ext == ".tif" ||
+         ext == ".tiff";
 }
 
 }  // namespace kiln

@@ -20,7 +20,7 @@ Image load_image(const std::filesystem::path& path);
 // bomb's claim (a 1 MB PNG can state 20000 x 20000 = 1.2 GB of RGB).
 constexpr std::uint64_t kMaxImagePixels = 100'000'000;
 
-// By extension only (.jpg .jpeg .png .webp .bmp, any case): what a dataset folder scan picks up.
+// By extension only (.jpg .jpeg .png .webp .bmp .tif .tiff, any case): what a dataset folder scan picks up.
 bool is_image_file(const std::filesystem::path& path);
 
 }  // namespace kiln

@@ -17,27 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Every sign's value and the part it is blamed on, at zero thresholds (so none is left out).
-std::vector<BurnSign> every_sign(const CheckpointDiagnosis& c, const ModelImageStats& base) {
-  DiagnosisThresholds zero;
-  for (double* t : {&zero.saturation_increase, &zero.contrast_increase, &zero.high_frequency_increase,
-                    &zero.diversity_drop, &zero.adherence_drop, &zero.style_bleed, &zero.control_change,
-                    &zero.prompt_drift})
-    *t = 0;
-  return attributed_signs(c, base, zero);
-}
-
-double threshold_of(const std::string& sign, const DiagnosisThresholds& t) {
-  if (sign == "saturation") return t.saturation_increase;
-  if (sign == "contrast") return t.contrast_increase;
-  if (sign == "high-frequency texture") return t.high_frequency_increase;
-  if (sign == "seed diversity") return t.diversity_drop;
-  if (sign == "style bleed") return t.style_bleed;
-  if (sign == "control pictures changed") return t.control_change;
-  if (sign == "prompt adherence") return t.adherence_drop;
-  return t.prompt_drift;
-}
-
 GenerationSettings cell_settings(const BurnBenchmarkOptions& o) {
   DemoScale scale;
   scale.world = o.world;
@@ -87,7 +66,7 @@ std::vector<BurnBenchmarkRun> burn_benchmark_runs() {
       add(BurnRunKind::TextEncoder, first ? 1e-3 : 5e-4, 0);
       add(BurnRunKind::Unet, 0, first ? 1e-3 : 5e-4);
       add(BurnRunKind::Both, first ? 5e-4 : 3e-4, first ? 5e-4 : 3e-4);
-      add(BurnRunKind::Gentle, first ? 1e-5 : 2e-5, first ? 5e-5 : 1e-4);
+      add(BurnRunKind::Gentle, first ? 5e-6 : 1e-5, first ? 2e-5 : 5e-5);
     }
   }
   return runs;
@@ -100,7 +79,7 @@ BurnRunOutcome rejudge(BurnRunOutcome o, const DiagnosisThresholds& t) {
     auto& c = o.checkpoints[i];
     c.signs.clear();
     for (const auto& sign : c.all_signs)
-      if (sign.value > threshold_of(sign.name, t)) {
+      if (sign.value > sign_threshold(sign.name, t)) {
         c.signs.push_back(sign);
         if (c.signs.back().text.empty()) c.signs.back().text = fmt::format("{} {:.3f}", sign.name, sign.value);
       }
@@ -109,13 +88,15 @@ BurnRunOutcome rejudge(BurnRunOutcome o, const DiagnosisThresholds& t) {
   }
   const bool te_trains = o.run.te_lr > 0, unet_trains = o.run.unet_lr > 0;
   switch (o.run.kind) {
-    case BurnRunKind::Gentle: o.right_part = !o.te_named && !o.unet_named; break;
+    case BurnRunKind::Gentle: o.right_part = o.first_damaged ? (o.te_named || o.unet_named) : !o.te_named && !o.unet_named; break;
     case BurnRunKind::Both: o.right_part = o.te_named || o.unet_named; break;
     default: o.right_part = (o.te_named == te_trains) && (o.unet_named == unet_trains);
   }
   // A run whose damage never shows can be flagged or not; one that is damaged must be flagged by then.
   o.in_time = !o.first_damaged || (o.first_flagged && *o.first_flagged <= *o.first_damaged);
-  o.false_alarm = o.run.kind == BurnRunKind::Gentle && o.first_flagged.has_value();
+  // A gentle run that the truth itself calls damaged later must be flagged by then, not before.
+  o.false_alarm = o.run.kind == BurnRunKind::Gentle && o.first_flagged &&
+                  (!o.first_damaged || *o.first_flagged < *o.first_damaged);
   return o;
 }
 
@@ -144,6 +125,7 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
   validate(config, run.name);
   TrainOptions train_options;
   train_options.run_dir = dir / "run";
+  train_options.console = o.console;
   const auto trained = train(config, train_options);
 
   DiagnosisRequest request;
@@ -156,7 +138,9 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
   request.seeds = o.diagnosis_seeds;
   request.settings = cell_settings(o);
   request.thresholds = o.thresholds;
-  request.swap_test = SwapTestPolicy::Every;
+  // Every checkpoint's swap test where both parts train, so any threshold can be judged later; a
+  // one-part run has nothing to attribute.
+  request.swap_test = run.te_lr > 0 && run.unet_lr > 0 ? SwapTestPolicy::Every : SwapTestPolicy::Off;
   const auto diagnosis = diagnose(request);
   write_diagnosis(diagnosis, dir / "run" / "diagnose");
 
@@ -173,7 +157,7 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
     outcome.style_free = truth.style_free;
     outcome.damaged = out.base_correct - truth.correct >= o.damage_margin ||
                       out.base_style_free - truth.style_free >= o.damage_margin;
-    outcome.all_signs = every_sign(c, diagnosis.base);
+    outcome.all_signs = attributed_signs(c, diagnosis.base, every_sign_thresholds());
     if (outcome.damaged && !out.first_damaged) out.first_damaged = out.checkpoints.size();
     say(o, fmt::format("  {}: correct {:.0f}% (base {:.0f}%), style-free {:.0f}% (base {:.0f}%){}; {}", c.label,
                        100 * truth.correct, 100 * out.base_correct, 100 * truth.style_free, 100 * out.base_style_free,

@@ -3,11 +3,13 @@
 #include <torch/torch.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <cstdlib>
 
 #include "demo/demo_report.h"
+#include "demo/shipped_base.h"
 #include "demo/world_drawing.h"
 #include "io/checkpoint.h"
 #include "lab/diagnosis.h"
@@ -73,6 +75,8 @@ namespace {
 
 // Bumped whenever the base's recipe changes, so a stale cached base is never used.
 constexpr const char* kBaseVersion = "demo-base-v3";
+// Plain-world pictures written when the base is not trained here: the report's overview row.
+constexpr int kPlainPicturesShown = 16;
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -88,7 +92,11 @@ class Demo {
   void say(const std::string& line) {
     if (options_.console) *options_.console << line << "\n" << std::flush;
   }
-  fs::path prepare_base(const DemoWorld& world);
+  // The base when one is ready (--base, cached, shipped); nullopt when it must be trained. Throws,
+  // naming where it looked, when the shipped one is missing and retraining was not asked for.
+  std::optional<fs::path> ready_base();
+  fs::path trained_base_path() const;
+  fs::path train_base(const DemoWorld& world);
   DemoRun run_experiment(const DemoExperiment& experiment, const DemoWorld& world);
   std::vector<fs::path> merged_lora_checkpoints(const DemoRun& run, const std::vector<fs::path>& loras);
   GenerationSettings cell_settings() const;
@@ -113,28 +121,40 @@ fs::path Demo::sample_prompts_file() const {
   return path;
 }
 
-fs::path Demo::prepare_base(const DemoWorld& world) {
+std::optional<fs::path> Demo::ready_base() {
   if (options_.base) {
     if (!fs::exists(*options_.base)) throw_file_error(*options_.base, "the demo base model does not exist");
     return *options_.base;
   }
-  const fs::path cache = options_.cache_dir ? *options_.cache_dir : default_demo_cache(options_.out_dir);
-  // The quick base is a different (barely trained) model: it never replaces the real one.
-  const fs::path trained = cache / (std::string(kBaseVersion) + (options_.quick ? "-quick" : ""));
-  if (!options_.retrain_base) {
-    if (fs::is_regular_file(trained / "model_index.json")) {
-      say("base model: " + trained.string() + " (cached; --retrain-base trains it again)");
-      return trained;
-    }
-    if (!options_.quick && options_.shipped_base && fs::is_regular_file(*options_.shipped_base / "model_index.json")) {
-      say("base model: " + options_.shipped_base->string() + " (shipped; --retrain-base trains it again)");
-      return *options_.shipped_base;
-    }
+  if (options_.retrain_base) return std::nullopt;
+  if (fs::is_regular_file(trained_base_path() / "model_index.json")) {
+    say("base model: " + trained_base_path().string() + " (cached; --retrain-base trains it again)");
+    return trained_base_path();
   }
+  if (options_.quick) return std::nullopt;  // the quick base is a different (barely trained) model
+  if (const auto shipped = find_shipped_base(options_.shipped_base_candidates)) {
+    say("base model: " + shipped->string() + " (shipped; --retrain-base trains it again)");
+    return *shipped;
+  }
+  std::vector<std::string> looked;
+  for (const auto& candidate : options_.shipped_base_candidates) looked.push_back(candidate.string());
+  throw Error(fmt::format(
+      "kiln demo: the demo base that ships with kiln (a folder demo-base/) is in none of: {}. Set KILN_DATA_DIR to "
+      "the folder that holds demo-base/, give --base DIR, or train it anew with --retrain-base (about 85 minutes "
+      "on 2 cores)",
+      looked.empty() ? std::string("(no place to look)") : fmt::format("{}", fmt::join(looked, ", "))));
+}
+
+fs::path Demo::trained_base_path() const {
+  const fs::path cache = options_.cache_dir ? *options_.cache_dir : default_demo_cache(options_.out_dir);
+  return cache / (std::string(kBaseVersion) + (options_.quick ? "-quick" : ""));
+}
+
+fs::path Demo::train_base(const DemoWorld& world) {
   const auto start = std::chrono::steady_clock::now();
-  train_demo_base(world, options_.out_dir / "base-training", trained, scale_.base, options_.console);
-  say(fmt::format("base model trained in {:.0f} s: {}", seconds_since(start), trained.string()));
-  return trained;
+  train_demo_base(world, options_.out_dir / "base-training", trained_base_path(), scale_.base, options_.console);
+  say(fmt::format("base model trained in {:.0f} s: {}", seconds_since(start), trained_base_path().string()));
+  return trained_base_path();
 }
 
 void Demo::grid(const std::vector<fs::path>& checkpoints, const std::vector<std::string>& labels,
@@ -272,11 +292,15 @@ DemoResult Demo::run() {
   const auto start = std::chrono::steady_clock::now();
   fs::create_directories(options_.out_dir);
   say(fmt::format("kiln demo{}: writing into {}", options_.quick ? " --quick" : "", options_.out_dir.string()));
-  const DemoWorld world = write_demo_world(options_.out_dir / "world", scale_.world);
+  const auto ready = ready_base();
+  // Only training the base needs the whole plain world and the looks; the report shows a few.
+  DemoWorldSize world_size = scale_.world;
+  if (ready) world_size.plain_count = kPlainPicturesShown, world_size.look_count = 0;
+  const DemoWorld world = write_demo_world(options_.out_dir / "world", world_size);
   say(fmt::format("world: {} plain pictures, {} in the style set (activation phrase \"{}\")",
-                  scale_.world.plain_count, scale_.world.style_count, kDemoActivationPhrase));
+                  world_size.plain_count, world_size.style_count, kDemoActivationPhrase));
   DemoResult result;
-  base_ = prepare_base(world);
+  base_ = ready ? *ready : train_base(world);
   result.base = base_;
   say("how well the base draws its world (every world prompt, seed 101)");
   WorldDrawingRequest drawing;
@@ -319,11 +343,11 @@ DemoScale quick_demo_scale() {
 std::vector<DemoExperiment> demo_experiments() {
   return {
       {"style", "Style fine-tune, separate rates",
-       "The baseline: text encoder at 2e-5, UNet at 1e-4. Does the style arrive with the phrase and stay away without it?",
-       2e-5, 1e-4, false, false},
+       "The baseline: text encoder at 1e-5, UNet at 5e-5. Does the style arrive with the phrase and stay away without it?",
+       1e-5, 5e-5, false, false},
       {"coupled", "Style fine-tune, one rate for both parts",
-       "The text encoder at the UNet's rate (1e-4), as trainers with one learning rate do: compare with 'style'.", 1e-4,
-       1e-4, false, false},
+       "The text encoder at the UNet's rate (5e-5), as trainers with one learning rate do: compare with 'style'.", 5e-5,
+       5e-5, false, false},
       {"unet-normal", "UNet only, normal rate", "Text encoder frozen, UNet at 1e-4 for twice as long.", 0, 1e-4, true,
        false},
       {"unet-high", "UNet only, high rate",

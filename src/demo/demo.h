@@ -67,8 +67,10 @@ struct DemoOptions {
   std::filesystem::path out_dir = "kiln-demo";
   // A trained demo base (diffusers folder) to use instead of the cached or shipped one.
   std::optional<std::filesystem::path> base;
-  // The base that ships with kiln (assets/demo-base), used when no retrained one is cached.
-  std::optional<std::filesystem::path> shipped_base;
+  // Where the base that ships with kiln may be (shipped_base_candidates), searched in order when no
+  // retrained one is cached. Not found, the demo stops and says where it looked: it never spends
+  // an hour and a half retraining unasked.
+  std::vector<std::filesystem::path> shipped_base_candidates;
   // Where the base model kiln trains on first use is kept (default: $XDG_CACHE_HOME/kiln, else
   // ~/.cache/kiln, else OUT/cache).
   std::optional<std::filesystem::path> cache_dir;

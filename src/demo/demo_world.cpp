@@ -53,6 +53,7 @@ DemoWorld write_demo_world(const fs::path& dir, const DemoWorldSize& size) {
   // Every look of the world (the benchmark's too), each in a folder of its own.
   uint64_t seed = 1026;
   for (const auto& look : synthetic_style_looks()) {
+    if (size.look_count == 0) break;
     const fs::path dir = world.looks / look.name;
     if (count_pictures(dir) != size.look_count) {
       fs::remove_all(dir);

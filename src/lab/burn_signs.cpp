@@ -81,7 +81,6 @@ ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
   out.mean.high_frequency /= n;
   out.styled_cells = std::move(cells.styled);
   if (!world_cells.empty()) out.adherence = prompt_adherence(world_cells);
-  if (!out.control_cells.empty()) out.control_look = mean_look(out.control_cells);
   if (!base) return out;
   if (base->control_cells.size() != out.control_cells.size() || base->styled_cells.size() != out.styled_cells.size())
     throw Error(fmt::format("burn signs: {} + {} cells against the base's {} + {}", out.control_cells.size(),
@@ -93,8 +92,15 @@ ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
   };
   if (!out.control_cells.empty()) out.change_control = mean_change(out.control_cells, base->control_cells);
   if (!out.styled_cells.empty()) out.change_styled = mean_change(out.styled_cells, base->styled_cells);
-  if (training_look && !out.control_cells.empty())
-    out.style_bleed = look_shift_towards(out.control_look, base->control_look, *training_look);
+  if (training_look && !out.control_cells.empty()) {
+    // Cell by cell, against the base's picture of the same prompt and seed: a mean over all the
+    // pictures would let the stripes of a few drown in the colour drift of the rest.
+    double bleed = 0;
+    for (size_t i = 0; i < out.control_cells.size(); ++i)
+      bleed += std::min(1.0, look_gain_towards(describe_look(out.control_cells[i]),
+                                               describe_look(base->control_cells[i]), *training_look));
+    out.style_bleed = bleed / static_cast<double>(out.control_cells.size());
+  }
   return out;
 }
 
@@ -110,6 +116,7 @@ double sign_value(const std::string& name, const ModelImageStats& now, const Mod
   if (name == "prompt drift") return now.prompt_drift.value_or(0.0);
   if (name == "prompt adherence") {
     if (!now.adherence || !base.adherence) return 0.0;
+    if (std::min(now.adherence->cells, base.adherence->cells) < kMinAdherenceCells) return 0.0;
     // A drifting text encoder changes colours before shapes, so the colour fraction counts alone too.
     return std::max(base.adherence->both - now.adherence->both, base.adherence->colour - now.adherence->colour);
   }
@@ -124,6 +131,18 @@ std::vector<BurnSign> crossed_signs(const ModelImageStats& now, const ModelImage
     if (value > threshold) out.push_back({kind.name, value, threshold, sign_text(kind.name, value, now, base), kind.part});
   }
   return out;
+}
+
+double sign_threshold(const std::string& name, const DiagnosisThresholds& t) {
+  for (const auto& kind : kSigns)
+    if (name == kind.name) return t.*kind.threshold;
+  throw Error("burn signs: no sign is called '" + name + "'");
+}
+
+DiagnosisThresholds every_sign_thresholds() {
+  DiagnosisThresholds t;
+  for (const auto& kind : kSigns) t.*kind.threshold = 0;
+  return t;
 }
 
 double burn_score(const ModelImageStats& now, const ModelImageStats& base, const DiagnosisThresholds& t) {

@@ -39,14 +39,15 @@ struct ModelImageStats {
   // Against the base model (absent for the base itself): mean RMS change per cell, same prompt and
   // seed, for control prompts and for prompts with the activation phrase (absent without such).
   std::optional<double> change_control, change_styled;
-  // How far the control pictures moved towards the training pictures' look (absent without them).
+  // How much of the training pictures' look the control pictures gained, cell by cell against the
+  // base's (look_gain_towards, at most 1 per cell), averaged: roughly the share of control
+  // pictures that took on the training look (absent without training pictures).
   std::optional<double> style_bleed;
   // The control prompts' conditioning against the base text encoder's (absent for the base).
   std::optional<double> prompt_drift;
 
   // Kept to compare other models with; not written out.
   std::vector<Image> control_cells, styled_cells;
-  LookDescriptor control_look;
 };
 
 // Whether `prompt` holds the activation phrase (case-insensitively): such prompts should change in a
@@ -84,6 +85,16 @@ std::vector<BurnSign> crossed_signs(const ModelImageStats& now, const ModelImage
 
 // The burn-ward value of the sign called `name` for `now` (0 when it cannot be measured).
 double sign_value(const std::string& name, const ModelImageStats& now, const ModelImageStats& base);
+
+// The threshold of the sign called `name` (throws kiln::Error for a name no sign has).
+double sign_threshold(const std::string& name, const DiagnosisThresholds& thresholds);
+
+// Thresholds at which every sign counts as crossed: what a benchmark keeps to judge any threshold later.
+DiagnosisThresholds every_sign_thresholds();
+
+// Fewest world cells over which a drop in prompt adherence counts: below it one picture moves the
+// share by more than 12 points, and three cells (a grid's row) would call 100% -> 67% a burn.
+constexpr int kMinAdherenceCells = 8;
 
 // One number for "how much changed in the burn-ward directions": the sum of every sign's value
 // over its threshold (so each sign weighs the same at its threshold).

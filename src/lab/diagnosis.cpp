@@ -319,9 +319,12 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
     c.images = image_statistics(model.models, model.tokenizer, r, ref);
     const bool last = i + 1 == r.checkpoints.size();
     const bool flagged = !crossed_signs(c.images, d.base, r.thresholds).empty();
+    // With one part frozen the half-swapped models are the checkpoint itself and the base: they
+    // would blame nothing the frozen part's zero drift does not already rule out.
+    const bool both_trained = component_drift(c.drift, "te") > 0 && component_drift(c.drift, "unet") > 0;
     const bool swap = r.swap_test == SwapTestPolicy::Every ||
-                      (r.swap_test == SwapTestPolicy::Flagged && (flagged || last)) ||
-                      (r.swap_test == SwapTestPolicy::Last && last);
+                      (both_trained && r.swap_test == SwapTestPolicy::Flagged && (flagged || last)) ||
+                      (both_trained && r.swap_test == SwapTestPolicy::Last && last);
     if (swap) {
       say("swap test at " + c.label + ": trained UNet with the base text encoder, and the reverse");
       StableDiffusionModels unet_only = build_models(base), te_only = build_models(base);

@@ -20,6 +20,7 @@
 
 namespace kiln {
 
+// Last and Flagged run the swap test only where both parts trained (a frozen part has nothing to blame).
 enum class SwapTestPolicy {
   Off,
   Last,     // the last checkpoint only

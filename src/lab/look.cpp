@@ -94,10 +94,24 @@ double look_distance(const LookDescriptor& a, const LookDescriptor& b) {
          3;
 }
 
-double look_shift_towards(const LookDescriptor& now, const LookDescriptor& base, const LookDescriptor& target) {
-  const double from_base = look_distance(base, target);
-  if (from_base < 1e-12) return 0.0;
-  return (from_base - look_distance(now, target)) / from_base;
+double look_gain_towards(const LookDescriptor& now, const LookDescriptor& base, const LookDescriptor& target) {
+  double total = 0;
+  int histograms = 0;
+  const auto add = [&](const auto& n, const auto& b, const auto& t) {
+    double gained = 0, whole = 0;
+    for (size_t k = 0; k < t.size(); ++k) {
+      const double w = std::max(0.0, t[k] - b[k]);
+      gained += w * std::max(0.0, n[k] - b[k]);
+      whole += w * w;
+    }
+    if (whole < 1e-12) return;  // the base already has this part of the look
+    total += gained / whole;
+    ++histograms;
+  };
+  add(now.colour, base.colour, target.colour);
+  add(now.orientation, base.orientation, target.orientation);
+  add(now.strength, base.strength, target.strength);
+  return histograms ? total / histograms : 0.0;
 }
 
 }  // namespace kiln

@@ -30,9 +30,14 @@ LookDescriptor mean_look(const std::vector<Image>& images);
 // 0 for the same look; 1 when no bin of any histogram overlaps.
 double look_distance(const LookDescriptor& a, const LookDescriptor& b);
 
-// How far the pictures moved towards `target` from where the base model's were:
-//   (d(base, target) − d(now, target)) / d(base, target),
-// 0 = no closer, 1 = the target's look, negative = further away; 0 when the base already has it.
-double look_shift_towards(const LookDescriptor& now, const LookDescriptor& base, const LookDescriptor& target);
+// How much of the target's own look the pictures gained since the base model's: per histogram, the
+// bins the target holds more of than the base, w = max(0, target − base), and what the pictures
+// added there, Σ w·max(0, now − base) / Σ w²; the mean over the histograms that have such bins.
+// 0 = nothing of the target's look gained (also for pictures that changed in any other way: a
+// colour cast, a blur, a different subject), 1 = all of it, between = the share (half the pictures
+// striped like the training set: 0.5). Never negative; 0 when the base already has the look.
+// A distance to the target would not do: a burn that washes every picture out moves them away from
+// the training look as a whole even while its stripes appear in them.
+double look_gain_towards(const LookDescriptor& now, const LookDescriptor& base, const LookDescriptor& target);
 
 }  // namespace kiln

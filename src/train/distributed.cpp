@@ -4,7 +4,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
-#include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <iterator>
@@ -23,6 +23,7 @@
 #endif
 
 #include "util/error.h"
+#include "util/whole_number.h"
 
 namespace kiln {
 
@@ -36,13 +37,9 @@ namespace {
 std::optional<int> int_variable(const char* name) {
   const char* raw = std::getenv(name);
   if (raw == nullptr) return std::nullopt;
-  std::string_view text(raw);
-  int value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
-    throw_env_error(name, std::string(text), "is not a whole number");
-  }
-  return value;
+  const auto value = parse_whole_number(raw);
+  if (!value || *value < INT32_MIN || *value > INT32_MAX) throw_env_error(name, raw, "is not a whole number");
+  return static_cast<int>(*value);
 }
 
 [[maybe_unused]] bool is_loopback(const std::string& addr) {

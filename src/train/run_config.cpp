@@ -409,6 +409,19 @@ std::string to_toml(const RunConfig& config) {
   return out.str();
 }
 
+namespace {
+
+// Collects the [diagnose] thresholds below zero: such a threshold would flag every checkpoint.
+struct NegativeThresholds {
+  std::vector<std::string> keys;
+  void operator()(const char* key, const double& value) {
+    if (value < 0) keys.emplace_back(key);
+  }
+  void operator()(const char*, const bool&) {}
+};
+
+}  // namespace
+
 void validate(const RunConfig& c, const std::string& source) {
   auto fail = [&](const std::string& problem) { throw Error(source + ": " + problem); };
   if (c.model.checkpoint.empty()) fail("model.checkpoint is required (the base model to fine-tune)");
@@ -470,6 +483,11 @@ void validate(const RunConfig& c, const std::string& source) {
   if (c.samples.steps < 1) fail("samples.steps must be at least 1");
   if (c.lora.enabled && (c.lora.rank < 1 || c.lora.alpha <= 0))
     fail("lora.rank must be >= 1 and lora.alpha > 0");
+  NegativeThresholds negative;
+  DiagnoseSection diagnose = c.diagnose;
+  fields(negative, diagnose);
+  if (!negative.keys.empty())
+    fail(fmt::format("diagnose.{} must be >= 0 (a threshold is a size of change)", fmt::join(negative.keys, ", diagnose.")));
   const auto samplers = sampler_names();
   if (std::find(samplers.begin(), samplers.end(), c.samples.sampler) == samplers.end())
     fail(fmt::format("samples.sampler '{}' is not known ({})", c.samples.sampler, fmt::join(samplers, ", ")));

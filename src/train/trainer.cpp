@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -36,6 +37,7 @@
 #include "train/training_data.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/whole_number.h"
 #include "util/memory.h"
 #include "util/progress.h"
 
@@ -67,6 +69,13 @@ bool frozen_in_text_encoder(const std::string& name, const TextEncoderSection& s
   return false;
 }
 
+// A resume state's counter; a malformed one names the file and the key instead of ending in "stoll".
+int64_t metadata_number(const fs::path& file, const std::pair<const std::string, std::string>& entry) {
+  if (const auto value = parse_whole_number(entry.second)) return *value;
+  throw_file_error(file, fmt::format("metadata {} is '{}', not a whole number (a damaged or foreign resume state)",
+                                     entry.first, entry.second));
+}
+
 // Deletes all but the newest `keep` resume states in `dir` (by global step; 0 keeps all). The newest
 // is written completely before anything older goes, so a resumable state always exists.
 void prune_states(const fs::path& dir, int64_t keep) {
@@ -76,7 +85,7 @@ void prune_states(const fs::path& dir, int64_t keep) {
     if (!entry.path().filename().string().ends_with(".state.safetensors")) continue;
     const auto file = SafeTensorsFile::open(entry.path());
     const auto step = file.metadata().find("kiln.global_step");
-    states.emplace_back(step == file.metadata().end() ? -1 : std::stoll(step->second), entry.path());
+    states.emplace_back(step == file.metadata().end() ? -1 : metadata_number(entry.path(), *step), entry.path());
   }
   std::sort(states.begin(), states.end());
   for (size_t i = 0; i + static_cast<size_t>(keep) < states.size(); ++i) fs::remove(states[i].second);
@@ -134,6 +143,14 @@ class Trainer {
   void place_models();
   void cache_all_latents();
   Checkpoint current_checkpoint() const;
+  bool has_ema() const {
+    return std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.ema != nullptr; });
+  }
+  // Runs `write` with the moving averages in place of the trained weights (full weights or LoRA
+  // matrices), and puts the trained ones back even when it throws.
+  void with_averaged_weights(const std::function<void()>& write);
+  // The averages' tensors for the resume state, "ema.<part>.<parameter>".
+  void add_ema_state(StateDict& state) const;
   // Ctrl-C on any rank stops every rank after the same step.
   bool stop_requested() const {
     const bool here = options_.stop_requested && options_.stop_requested();
@@ -483,14 +500,9 @@ void Trainer::save_once(int64_t epoch, int64_t batch) {
   checkpoint.metadata["kiln.version"] = KILN_VERSION;
   checkpoint.metadata["kiln.trained_parts"] = fmt::format("{}", fmt::join(trained_parts_, ","));
   write_checkpoint(checkpoint, path, layout, parse_dtype(config_.checkpoints.dtype));
-  const bool has_ema =
-      std::any_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.ema != nullptr; });
-  if (has_ema) {
-    for (auto& part : parts_)
-      if (part.ema) part.ema->swap_in();
-    auto averaged = current_checkpoint();
-    for (auto& part : parts_)
-      if (part.ema) part.ema->swap_out();
+  if (has_ema()) {
+    Checkpoint averaged;
+    with_averaged_weights([&] { averaged = current_checkpoint(); });
     averaged.metadata = checkpoint.metadata;
     averaged.metadata["kiln.ema_decay"] = fmt::format("{}", config_.training.ema_decay);
     const auto ema_name = name + "-ema";
@@ -505,9 +517,8 @@ void Trainer::save_once(int64_t epoch, int64_t batch) {
     if (!trained_parts_.count(part.name)) continue;
     for (const auto& item : part.module->named_parameters())
       state["weights." + part.name + "." + item.key()] = item.value().detach();
-    if (part.ema)
-      for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
   }
+  add_ema_state(state);
   finish_save(path, name, std::move(state), epoch, batch, fmt::format("{}", fmt::join(trained_parts_, ",")),
               settings);
 }
@@ -551,10 +562,37 @@ void Trainer::save_lora_checkpoint(const fs::path& path, const std::string& name
                     {"ss_text_encoder_lr", fmt::format("{}", config_.text_encoder.lr)},
                     {"ss_unet_lr", fmt::format("{}", config_.unet.lr)}};
   lora_->save(path, parse_dtype(config_.checkpoints.dtype), metadata);
+  if (has_ema()) {
+    metadata["kiln.ema_decay"] = fmt::format("{}", config_.training.ema_decay);
+    with_averaged_weights([&] {
+      lora_->save(path.parent_path() / (name + "-ema.safetensors"), parse_dtype(config_.checkpoints.dtype), metadata);
+    });
+  }
   StateDict state;
   for (const auto& part : parts_)
     for (const auto& p : lora_->parameters(part.name)) state["lora." + p.name] = p.tensor.detach();
+  add_ema_state(state);
   finish_save(path, name, std::move(state), epoch, batch, "", settings);
+}
+
+void Trainer::with_averaged_weights(const std::function<void()>& write) {
+  for (auto& part : parts_)
+    if (part.ema) part.ema->swap_in();
+  try {
+    write();
+  } catch (...) {
+    for (auto& part : parts_)
+      if (part.ema) part.ema->swap_out();
+    throw;
+  }
+  for (auto& part : parts_)
+    if (part.ema) part.ema->swap_out();
+}
+
+void Trainer::add_ema_state(StateDict& state) const {
+  for (const auto& part : parts_)
+    if (part.ema)
+      for (const auto& [key, tensor] : part.ema->state()) state["ema." + part.name + "." + key] = tensor;
 }
 
 void Trainer::restore(const fs::path& state_file) {
@@ -565,9 +603,10 @@ void Trainer::restore(const fs::path& state_file) {
     if (it == meta.end()) throw_file_error(state_file, "is not a kiln resume state (no " + key + ")");
     return it->second;
   };
-  start_epoch_ = std::stoll(get("kiln.epoch"));
-  start_batch_ = std::stoll(get("kiln.batch"));
-  global_step_ = std::stoll(get("kiln.global_step"));
+  const auto number = [&](const std::string& key) { return metadata_number(state_file, {key, get(key)}); };
+  start_epoch_ = number("kiln.epoch");
+  start_batch_ = number("kiln.batch");
+  global_step_ = number("kiln.global_step");
   torch::NoGradGuard no_grad;
   std::string parts = get("kiln.trained_parts");
   for (const auto& part : parts_) {
@@ -614,6 +653,9 @@ TrainResult Trainer::run() {
   // --init-from replaces the base model for this run: recorded in run.toml, so --resume and the
   // checkpoints' metadata name the model the run really started from.
   if (options_.init_from) config_.model.checkpoint = fs::absolute(*options_.init_from).string();
+  // Written before any work, so a run killed in its first seconds (caching latents, drawing the
+  // base's samples) can be resumed: with no state yet, --resume starts it over.
+  if (is_main()) write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
   const fs::path base = config_.model.checkpoint;
   // A broken prompts file should fail now, not at the first checkpoint hours later.
   if (!config_.samples.prompts.empty()) sample_prompts();
@@ -655,10 +697,7 @@ TrainResult Trainer::run() {
     torch::NoGradGuard no_grad;
     options_.group->broadcast_from_main(trainable);  // every rank starts from the very same weights
   }
-  if (is_main()) {
-    write_text_atomically(options_.run_dir / "run.toml", to_toml(config_));
-    log_ = std::make_unique<MetricsLog>(options_.run_dir, config_.logging.tensorboard);
-  }
+  if (is_main()) log_ = std::make_unique<MetricsLog>(options_.run_dir, config_.logging.tensorboard);
 
   // The stabilised training loss watches a fixed, seeded choice of training pictures.
   {
@@ -691,7 +730,7 @@ TrainResult Trainer::run() {
   set_train_mode(true);
   if (start_epoch_ == 0 && start_batch_ == 0 && global_step_ == 0) evaluate(0);
   std::ostream null_stream(nullptr);
-  ProgressBar progress(options_.console ? *options_.console : is_main() ? std::cerr : null_stream, "train",
+  ProgressBar progress(options_.console ? *options_.console : null_stream, "train",
                        std::max<int64_t>(0, total_steps - global_step_));
   const int64_t session_start_step = global_step_;
   const auto prediction = parse_prediction(config_.model.prediction);
@@ -914,7 +953,7 @@ fs::path latest_state(const fs::path& run_dir) {
     const auto file = SafeTensorsFile::open(entry.path());
     const auto it = file.metadata().find("kiln.global_step");
     if (it == file.metadata().end()) continue;
-    const auto step = std::stoll(it->second);
+    const auto step = metadata_number(entry.path(), *it);
     if (step > best_step) {
       best_step = step;
       best = entry.path();

@@ -133,4 +133,10 @@ void write_directory_atomically(const fs::path& target, const std::function<void
   if (had_target) fs::remove_all(old, ec);
 }
 
+void require_output_folder(const std::filesystem::path& target) {
+  const auto folder = std::filesystem::absolute(target).parent_path();
+  if (!std::filesystem::is_directory(folder))
+    throw_file_error(target, "cannot be written: the folder " + folder.string() + " does not exist");
+}
+
 }  // namespace kiln

@@ -20,6 +20,11 @@ void write_text_atomically(const std::filesystem::path& target, std::string_view
 void write_directory_atomically(const std::filesystem::path& target,
                                 const std::function<void(const std::filesystem::path&)>& build);
 
+// Before long work that ends in writing `target` (a file, or a folder written whole): throws
+// kiln::Error naming the folder `target` would go into when that folder does not exist, so a typo
+// fails in a second instead of after the work (and never names an internal temporary).
+void require_output_folder(const std::filesystem::path& target);
+
 // Deletes the temporaries ("<name>.tmp-<pid>", files or folders) in `dir` whose writing process is
 // gone (killed mid-write: atomic writes never leave anything else behind). Returns how many went.
 int remove_stale_temporaries(const std::filesystem::path& dir);

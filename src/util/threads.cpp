@@ -7,6 +7,11 @@
 #include <string>
 #include <thread>
 
+#include <fmt/format.h>
+
+#include "util/error.h"
+#include "util/whole_number.h"
+
 namespace kiln {
 
 int configure_threads(int requested) {
@@ -14,11 +19,12 @@ int configure_threads(int requested) {
   if (requested > 0) {
     threads = requested;
   } else if (const char* env = std::getenv("KILN_THREADS")) {
-    try {
-      threads = std::stoi(env);
-    } catch (const std::exception&) {
-      threads = 0;
-    }
+    const auto parsed = parse_whole_number(env);
+    if (!parsed || *parsed < 1 || *parsed > 4096)
+      throw Error(fmt::format("KILN_THREADS={} is not a number of threads (a whole number from 1); unset it to "
+                              "use every core",
+                              env));
+    threads = static_cast<int>(*parsed);
   }
   if (threads < 1) threads = 1;
   at::set_num_threads(threads);

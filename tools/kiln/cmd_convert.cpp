@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "io/checkpoint.h"
 #include "util/error.h"
+#include "util/atomic_file.h"
 
 namespace kiln::cli {
 namespace {
@@ -20,6 +21,7 @@ struct ConvertOptions {
 };
 
 void run_convert(const ConvertOptions& o) {
+  require_output_folder(o.out);
   std::optional<std::filesystem::path> config;
   if (!o.config.empty()) config = o.config;
   const Checkpoint checkpoint = read_checkpoint(o.in, config);

@@ -3,6 +3,7 @@
 // merges, a LoRA, and one report page; prints the report's path last.
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -10,8 +11,10 @@
 
 #include "commands.h"
 #include "demo/demo.h"
+#include "demo/shipped_base.h"
 #include "demo/world_drawing.h"
 #include "models/device.h"
+#include "util/error.h"
 
 namespace kiln::cli {
 namespace {
@@ -21,10 +24,22 @@ struct DemoCommand {
   bool quick = false, retrain_base = false, score_base = false, base_only = false;
 };
 
+std::vector<std::filesystem::path> where_the_shipped_base_may_be() {
+  std::optional<std::filesystem::path> data_dir;
+  if (const char* env = std::getenv("KILN_DATA_DIR"); env && *env) data_dir = env;
+  return shipped_base_candidates(current_executable(), data_dir, KILN_SOURCE_DIR);
+}
+
 // How well the base draws its world: every world prompt at seeds the demo never uses.
 void score_base_command(const DemoCommand& c) {
   WorldDrawingRequest request;
-  request.model = c.base.empty() ? std::filesystem::path(KILN_DEMO_BASE_DIR) : std::filesystem::path(c.base);
+  if (c.base.empty()) {
+    const auto shipped = find_shipped_base(where_the_shipped_base_may_be());
+    if (!shipped) throw Error("kiln demo --score-base: no shipped demo base found; give --base DIR");
+    request.model = *shipped;
+  } else {
+    request.model = c.base;
+  }
   request.settings = demo_cell_settings(full_demo_scale());
   request.device = parse_device(c.device);
   std::filesystem::create_directories(c.out);
@@ -49,7 +64,7 @@ void run_demo_command(const DemoCommand& c) {
   if (!c.base.empty()) options.base = c.base;
   if (!c.cache.empty()) options.cache_dir = c.cache;
   options.quick = c.quick;
-  options.shipped_base = std::filesystem::path(KILN_DEMO_BASE_DIR);
+  options.shipped_base_candidates = where_the_shipped_base_may_be();
   options.retrain_base = c.retrain_base;
   options.base_only = c.base_only;
   options.device = parse_device(c.device);

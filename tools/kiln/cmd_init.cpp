@@ -8,6 +8,7 @@
 #include "models/configs.h"
 #include "models/model_loading.h"
 #include "util/error.h"
+#include "util/atomic_file.h"
 
 namespace kiln::cli {
 namespace {
@@ -21,6 +22,7 @@ struct InitOptions {
 };
 
 void run_init(const InitOptions& o) {
+  require_output_folder(o.out);
   const ModelConfigs configs = o.arch == "tiny" ? tiny_configs() : sd15_configs();
   torch::manual_seed(o.seed);  // library default init (as diffusers/transformers construct), seeded
   StableDiffusionModels models(configs);

@@ -42,11 +42,10 @@ json describe_tensors(const StateDict& tensors) {
   return {{"tensors", tensors.size()}, {"parameters", parameters}, {"dtypes", dtypes}};
 }
 
-// The file whose bytes A1111 hashes: the single file itself, or the UNet weights of a folder.
-std::optional<fs::path> hashed_file(const fs::path& path) {
-  if (fs::is_regular_file(path)) return path;
-  return std::nullopt;
-}
+// A1111 hashes the bytes of one checkpoint file; a diffusers folder (which A1111 does not load) has
+// no such hash, and a made-up one (say, of its UNet file) would match nothing A1111 shows.
+constexpr const char* kNoFolderHash =
+    "none: A1111 hashes single checkpoint files; `kiln convert FOLDER model.safetensors` makes one";
 
 json inspect(const InspectOptions& o) {
   std::optional<fs::path> config;
@@ -64,12 +63,15 @@ json inspect(const InspectOptions& o) {
   if (!checkpoint.extra.empty()) components["other"] = describe_tensors(checkpoint.extra);
   report["components"] = components;
   report["metadata"] = checkpoint.metadata;
-  if (auto file = hashed_file(o.path)) {
-    report["file_bytes"] = fs::file_size(*file);
-    const std::string sha = sha256_file(*file);
+  if (fs::is_regular_file(o.path)) {
+    report["file_bytes"] = fs::file_size(o.path);
+    const std::string sha = sha256_file(o.path);
     report["sha256"] = sha;
     report["autov2_hash"] = sha.substr(0, 10);  // A1111's short hash, as shown in infotext "Model hash"
-    report["legacy_hash"] = a1111_legacy_hash(*file);
+    report["legacy_hash"] = a1111_legacy_hash(o.path);
+  } else {
+    report["autov2_hash"] = nullptr;
+    report["a1111_hash_note"] = kNoFolderHash;
   }
   return report;
 }
@@ -83,6 +85,8 @@ void print_human(const json& r) {
     std::cout << fmt::format("  sha256        {}\n", r["sha256"].get<std::string>());
     std::cout << fmt::format("  A1111 hash    {}  (legacy: {})\n", r["autov2_hash"].get<std::string>(),
                              r["legacy_hash"].get<std::string>());
+  } else {
+    std::cout << fmt::format("  A1111 hash    {}\n", r["a1111_hash_note"].get<std::string>());
   }
   std::cout << "  components\n";
   for (const auto& [name, c] : r["components"].items()) {

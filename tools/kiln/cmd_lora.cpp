@@ -14,6 +14,7 @@
 #include "surgery/lora.h"
 #include "surgery/lora_merge.h"
 #include "util/error.h"
+#include "util/atomic_file.h"
 
 namespace kiln::cli {
 namespace {
@@ -33,6 +34,7 @@ struct MergeOptions {
 };
 
 void run_merge(const MergeOptions& o) {
+  require_output_folder(o.out);
   Checkpoint checkpoint = read_checkpoint(o.model, optional_path(o.config));
   // Every file is read (and checked) before anything is merged or written.
   const LoraTargets targets = lora_targets(checkpoint);
@@ -65,6 +67,7 @@ struct ExtractOptions {
 };
 
 void run_extract(const ExtractOptions& o) {
+  require_output_folder(o.out);
   const auto config = optional_path(o.config);
   const Checkpoint tuned = read_checkpoint(o.tuned, config);
   const Checkpoint base = read_checkpoint(o.base, config);

@@ -19,6 +19,7 @@
 #include "io/checkpoint.h"
 #include "surgery/merge_recipe.h"
 #include "util/error.h"
+#include "util/atomic_file.h"
 
 namespace kiln::cli {
 namespace {
@@ -147,6 +148,7 @@ MergeRecipe recipe_from_flags(const MergeOptions& o) {
 }
 
 void run_merge(const MergeOptions& o) {
+  require_output_folder(o.out);
   MergeRecipe recipe;
   if (!o.recipe.empty()) {
     if (!o.inputs.empty() || o.add_difference || o.alpha || o.multiplier || o.base_alpha || o.unet_alpha ||
