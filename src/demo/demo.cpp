@@ -351,8 +351,9 @@ std::vector<DemoExperiment> demo_experiments() {
       {"unet-normal", "UNet only, normal rate", "Text encoder frozen, UNet at 1e-4 for twice as long.", 0, 1e-4, true,
        false},
       {"unet-high", "UNet only, high rate",
-       "Text encoder frozen, UNet at 1e-3: the burn (style everywhere, colours pushed, seeds alike).", 0, 1e-3, true,
-       false},
+       "Text encoder frozen, UNet at 1e-3: the burn (the style's stripes in prompts that never asked for them, "
+       "colours washed out, shapes melting).",
+       0, 1e-3, true, false},
       {"te-normal", "Text encoder only, normal rate", "UNet frozen, text encoder at 5e-5 for twice as long.", 5e-5, 0,
        true, false},
       {"te-high", "Text encoder only, high rate",
