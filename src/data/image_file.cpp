@@ -194,12 +194,9 @@ Image load_image(const std::filesystem::path& path) {
   cv::Mat bgr;
   try {
     const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<std::uint8_t*>(bytes.data()));
-    if (is_tiff(bytes)) {
-      // Scanners and cameras write 16-bit, float, grey and RGBA TIFFs: decoded as stored, then
-      // converted the way alpha and 16-bit PNGs are.
-      const cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
-      if (!decoded.empty()) bgr = flatten_alpha(decoded);
-    } else if (webp_has_alpha(bytes)) {
+    // Scanners and cameras write 16-bit, float, grey and RGBA TIFFs: like WebPs with alpha, decoded
+    // as stored and then flattened to 8-bit RGB.
+    if (is_tiff(bytes) || webp_has_alpha(bytes)) {
       const cv::Mat decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
       if (!decoded.empty()) bgr = flatten_alpha(decoded);
     } else {

@@ -100,8 +100,9 @@ class Demo {
   DemoRun run_experiment(const DemoExperiment& experiment, const DemoWorld& world);
   std::vector<fs::path> merged_lora_checkpoints(const DemoRun& run, const std::vector<fs::path>& loras);
   GenerationSettings cell_settings() const;
-  // OUT/sample-prompts.txt: the grid's prompts, which every run draws at each checkpoint (seed 1).
-  fs::path sample_prompts_file() const;
+  // Writes OUT/sample-prompts.txt: the grid's prompts, which every run draws at each checkpoint
+  // (seed 1).
+  fs::path write_sample_prompts() const;
   void grid(const std::vector<fs::path>& checkpoints, const std::vector<std::string>& labels,
             const std::string& title, const fs::path& out_dir, bool gif);
   void merges(DemoResult& result);
@@ -109,11 +110,12 @@ class Demo {
   DemoOptions options_;
   DemoScale scale_;
   fs::path base_;
+  fs::path sample_prompts_;
 };
 
 GenerationSettings Demo::cell_settings() const { return demo_cell_settings(scale_); }
 
-fs::path Demo::sample_prompts_file() const {
+fs::path Demo::write_sample_prompts() const {
   const fs::path path = options_.out_dir / "sample-prompts.txt";
   std::string text;
   for (const auto& prompt : demo_prompts()) text += prompt + "\n";
@@ -207,7 +209,7 @@ DemoRun Demo::run_experiment(const DemoExperiment& experiment, const DemoWorld& 
   settings.epochs = experiment.long_run ? scale_.long_epochs : scale_.short_epochs;
   settings.every = experiment.long_run ? scale_.long_every : scale_.short_every;
   settings.steps = scale_.steps;
-  settings.sample_prompts = sample_prompts_file();
+  settings.sample_prompts = sample_prompts_;
   RunConfig config = style_run_config(settings);
   config.lora.enabled = experiment.lora;
   config.lora.rank = 8;
@@ -316,6 +318,7 @@ DemoResult Demo::run() {
     result.seconds = seconds_since(start);
     return result;
   }
+  sample_prompts_ = write_sample_prompts();
   for (const auto& experiment : demo_experiments()) result.runs.push_back(run_experiment(experiment, world));
   merges(result);
   result.seconds = seconds_since(start);

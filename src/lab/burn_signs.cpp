@@ -81,6 +81,8 @@ ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
   out.mean.high_frequency /= n;
   out.styled_cells = std::move(cells.styled);
   if (!world_cells.empty()) out.adherence = prompt_adherence(world_cells);
+  if (training_look)
+    for (const auto& cell : out.control_cells) out.control_looks.push_back(describe_look(cell));
   if (!base) return out;
   if (base->control_cells.size() != out.control_cells.size() || base->styled_cells.size() != out.styled_cells.size())
     throw Error(fmt::format("burn signs: {} + {} cells against the base's {} + {}", out.control_cells.size(),
@@ -95,10 +97,11 @@ ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
   if (training_look && !out.control_cells.empty()) {
     // Cell by cell, against the base's picture of the same prompt and seed: a mean over all the
     // pictures would let the stripes of a few drown in the colour drift of the rest.
+    if (base->control_looks.size() != out.control_looks.size())
+      throw Error("burn signs: the base's cells were measured without the training look");
     double bleed = 0;
     for (size_t i = 0; i < out.control_cells.size(); ++i)
-      bleed += std::min(1.0, look_gain_towards(describe_look(out.control_cells[i]),
-                                               describe_look(base->control_cells[i]), *training_look));
+      bleed += std::min(1.0, look_gain_towards(out.control_looks[i], base->control_looks[i], *training_look));
     out.style_bleed = bleed / static_cast<double>(out.control_cells.size());
   }
   return out;

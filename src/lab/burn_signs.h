@@ -48,6 +48,7 @@ struct ModelImageStats {
 
   // Kept to compare other models with; not written out.
   std::vector<Image> control_cells, styled_cells;
+  std::vector<LookDescriptor> control_looks;  // one per control cell (with training pictures only)
 };
 
 // Whether `prompt` holds the activation phrase (case-insensitively): such prompts should change in a
@@ -65,8 +66,9 @@ struct DrawnCells {
 };
 
 // Everything ModelImageStats holds but prompt drift: statistics, seed diversity and adherence over
-// the control cells; with a base (its own cells kept), the change per cell and the style bleed
-// towards `training_look`. Throws kiln::Error when the cells do not match the base's.
+// the control cells; with a base (its own cells kept, measured with the same `training_look`), the
+// change per cell and the style bleed towards `training_look`. Throws kiln::Error when the cells do
+// not match the base's.
 ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
                               const std::optional<LookDescriptor>& training_look);
 

@@ -298,11 +298,11 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
   Diagnosis d;
   d.thresholds = r.thresholds;
   say("base: " + r.base.string());
-  d.base = image_statistics(base_model.models, base_model.tokenizer, r, {});
   Reference ref;
-  ref.base = &d.base;
   ref.training_look = training_look(r.training_images, static_cast<int>(r.settings.width),
                                     static_cast<int>(r.settings.height));
+  d.base = image_statistics(base_model.models, base_model.tokenizer, r, ref);
+  ref.base = &d.base;
   {
     Txt2Img base_txt2img(base_model.models, base_model.tokenizer);
     ref.base_conditioning = encode_prompts(base_txt2img, control_prompts(r), r.settings.clip_skip);

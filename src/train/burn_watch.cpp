@@ -22,7 +22,7 @@ void SampleRound::add(const std::string& prompt, std::vector<Image> pictures) {
 BurnWatch::BurnWatch(BurnWatchSettings settings, DrawnCells base_cells, std::vector<torch::Tensor> base_conditioning)
     : settings_(std::move(settings)), base_conditioning_(std::move(base_conditioning)) {
   training_look_ = training_look(settings_.training_images, settings_.width, settings_.height);
-  base_ = measure_cells(std::move(base_cells), nullptr, std::nullopt);
+  base_ = measure_cells(std::move(base_cells), nullptr, training_look_);
 }
 
 BurnCheck BurnWatch::check(const std::string& label, DrawnCells cells,
