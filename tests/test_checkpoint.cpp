@@ -388,6 +388,54 @@ TEST_F(CheckpointTest, WrittenFolderHasDiffusersFilesAndConfigs) {
   EXPECT_TRUE(read_checkpoint(folder, test::tiny_config_path()).configs_complete);
 }
 
+// A folder's scheduler config decides how it samples (diffusers' from_config): spacing and
+// prediction type are read, kept through writing in either layout (an LDM file says v in its
+// model-spec metadata), and what kiln cannot sample from is refused naming the file and the key.
+TEST_F(CheckpointTest, SchedulerConfigIsReadKeptAndCheckedByKey) {
+  const auto tiny = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
+  EXPECT_EQ(tiny.scheduler.timestep_spacing, "leading");
+  EXPECT_EQ(tiny.scheduler.steps_offset, 1);
+  EXPECT_EQ(tiny.scheduler.prediction, Prediction::Epsilon);
+  EXPECT_EQ(read_checkpoint(test::tiny_model_path()).scheduler.timestep_spacing, "");  // an LDM file alone
+  EXPECT_EQ(read_checkpoint(test::tiny_model_path()).metadata.count(std::string(kPredictionMetadataKey)), 0u);
+
+  const fs::path configs = dir_ / "configs";
+  fs::copy(test::tiny_config_path(), configs, fs::copy_options::recursive);
+  const fs::path scheduler_file = configs / "scheduler" / "scheduler_config.json";
+  nlohmann::json scheduler;
+  std::ifstream(scheduler_file) >> scheduler;
+  const auto write_scheduler = [&](const nlohmann::json& j) { std::ofstream(scheduler_file) << j.dump(2); };
+  auto v = scheduler;
+  v["prediction_type"] = "v_prediction";
+  v["timestep_spacing"] = "trailing";
+  write_scheduler(v);
+  const auto v_model = read_checkpoint(test::tiny_model_path(), configs);
+  EXPECT_EQ(v_model.scheduler.prediction, Prediction::V);
+  EXPECT_EQ(v_model.scheduler.timestep_spacing, "trailing");
+  write_checkpoint(v_model, dir_ / "v.safetensors", CheckpointLayout::Ldm);
+  const auto ldm = read_checkpoint(dir_ / "v.safetensors");
+  EXPECT_EQ(ldm.metadata.at(std::string(kPredictionMetadataKey)), "v");
+  EXPECT_EQ(ldm.scheduler.prediction, Prediction::V);
+  write_checkpoint(v_model, dir_ / "v-folder", CheckpointLayout::Diffusers);
+  nlohmann::json written;
+  std::ifstream(dir_ / "v-folder" / "scheduler" / "scheduler_config.json") >> written;
+  EXPECT_EQ(written["prediction_type"], "v_prediction");
+  EXPECT_EQ(written["timestep_spacing"], "trailing");
+  EXPECT_EQ(read_checkpoint(dir_ / "v-folder").scheduler.prediction, Prediction::V);
+
+  for (const auto& [key, value] : {std::pair{"beta_schedule", nlohmann::json("linear")},
+                                   std::pair{"prediction_type", nlohmann::json("sample")},
+                                   std::pair{"timestep_spacing", nlohmann::json("sideways")},
+                                   std::pair{"steps_offset", nlohmann::json("one")}}) {
+    auto bad = scheduler;
+    bad[key] = value;
+    write_scheduler(bad);
+    const auto message = error_of([&] { read_checkpoint(test::tiny_model_path(), configs); });
+    EXPECT_NE(message.find(scheduler_file.string()), std::string::npos) << message;
+    EXPECT_NE(message.find(key), std::string::npos) << message;
+  }
+}
+
 TEST_F(CheckpointTest, PartialCheckpointsKeepOnlyTheirComponents) {
   auto ckpt = read_checkpoint(test::tiny_model_path(), test::tiny_config_path());
   ckpt.text_encoder.clear();

@@ -11,9 +11,11 @@
 #include "diffusion/dpmpp_2m.h"
 #include "diffusion/euler.h"
 #include "diffusion/heun.h"
+#include "diffusion/prediction.h"
 #include "diffusion/sampler.h"
 #include "diffusion/seeded_noise.h"
 #include "golden_compare.h"
+#include "test_support.h"
 #include "util/error.h"
 
 namespace kiln {
@@ -154,6 +156,55 @@ TEST(Samplers, WholeLoopWithKilnsUNetAndGuidance) {
               << golden.tensor(p + "latents")[7].abs().max().item<double>() << "), image max abs "
               << test::max_abs_error(image, golden.tensor(p + "decoded_image")) << "\n";
   }
+}
+
+// The same tiny UNet read as a v-prediction model (samplers_extra: DDIM, Euler and DPM++ 2M Karras
+// with prediction_type "v_prediction", "leading" spacing): each sampler turns the recorded guided v
+// into ε at its own σ and walks diffusers' trajectory.
+TEST(Samplers, VPredictionTrajectoriesFromRecordedModelOutputs) {
+  torch::NoGradGuard no_grad;
+  const auto golden = test::golden_file("samplers_extra.safetensors");
+  const auto runs = golden_json("samplers_extra.json");
+  const double cfg = runs["guidance_scale"].get<double>();
+  for (const auto& [golden_name, name] : {std::pair{"ddim_v", "ddim"}, std::pair{"euler_v", "euler"},
+                                          std::pair{"dpmpp_2m_karras_v", "dpmpp_2m_karras"}}) {
+    const auto& config = runs["runs"][golden_name]["resolved_config"];
+    ASSERT_EQ(config["prediction_type"], "v_prediction");
+    NoiseScheduleConfig schedule_config;
+    schedule_config.steps_offset = config["steps_offset"].get<int64_t>();
+    auto sampler = make_sampler(name, NoiseSchedule(schedule_config),
+                                {runs["num_inference_steps"].get<int64_t>(), config["timestep_spacing"], false});
+    const std::string p = std::string(golden_name) + ".";
+    const auto output = golden.tensor(p + "unet_output"), input = golden.tensor(p + "unet_input");
+    const auto latents = golden.tensor(p + "latents");
+    auto x = golden.tensor("init_latents") * sampler->init_noise_sigma();
+    for (size_t i = 0; i < sampler->steps(); ++i) {
+      const auto step = std::to_string(i);
+      EXPECT_EQ(static_cast<float>(sampler->timesteps()[i]), golden.tensor(p + "unet_timestep")[i].item<float>())
+          << p << step;
+      const auto model_input = sampler->scale_model_input(x, i);
+      EXPECT_TRUE(all_close(model_input, input[i][0].unsqueeze(0), test::kSingleForward, p + "unet_input " + step));
+      const auto v = output[i][0] + cfg * (output[i][1] - output[i][0]);
+      const auto eps = epsilon_from_v(v.unsqueeze(0), model_input, sampler->model_sigma(i));
+      x = sampler->step(eps, i, x);
+      EXPECT_TRUE(all_close(x, latents[i], kTrajectory, p + "latents " + step));
+    }
+  }
+}
+
+// With v = α·ε − σ·x0 and x = α·x0 + σ·ε (α² + σ² = 1, σ/α the sampler's noise level), ε = α·v + σ·x.
+TEST(Prediction, EpsilonFromVAtKnownNoiseLevels) {
+  const auto v = torch::tensor({1.0f, -2.0f}), x = torch::tensor({0.5f, 4.0f});
+  EXPECT_TRUE(torch::allclose(epsilon_from_v(v, x, 0.0), v));  // no noise: α = 1
+  const double h = std::sqrt(0.5);
+  EXPECT_TRUE(torch::allclose(epsilon_from_v(v, x, 1.0), h * v + h * x));
+  const double sigma = 3.0, alpha = 1 / std::sqrt(10.0), sigma_vp = 3 / std::sqrt(10.0);
+  const auto eps = torch::tensor({0.3f, -1.1f}), x0 = torch::tensor({2.0f, 0.25f});
+  EXPECT_TRUE(torch::allclose(epsilon_from_v(alpha * eps - sigma_vp * x0, alpha * x0 + sigma_vp * eps, sigma), eps,
+                              1e-5, 1e-6));
+  EXPECT_EQ(parse_prediction("v_prediction"), Prediction::V);
+  EXPECT_EQ(prediction_name(Prediction::Epsilon), "epsilon");
+  EXPECT_TRUE(test::error_of([] { parse_prediction("sample"); }).has_value());
 }
 
 // Every noise tensor diffusers' Euler ancestral drew came from torch.Generator().manual_seed(1234)

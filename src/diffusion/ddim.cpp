@@ -2,12 +2,19 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 namespace kiln {
 
 DDIMSampler::DDIMSampler(const NoiseSchedule& schedule, int64_t steps, TimestepSpacing spacing)
     : alphas_cumprod_(schedule.alphas_cumprod), step_ratio_(schedule.config.num_train_timesteps / steps) {
   for (double t : spaced_timesteps(schedule.config, steps, spacing, false))
     timesteps_.push_back(round_half_even(t));
+}
+
+double DDIMSampler::model_sigma(size_t i) const {
+  const double alpha = alphas_cumprod_[static_cast<int64_t>(timesteps_[i])].item<double>();
+  return std::sqrt((1 - alpha) / alpha);
 }
 
 torch::Tensor DDIMSampler::step(const torch::Tensor& eps, size_t i, const torch::Tensor& x,

@@ -9,6 +9,7 @@ class DDIMSampler : public Sampler {
   DDIMSampler(const NoiseSchedule& schedule, int64_t steps, TimestepSpacing spacing);
   torch::Tensor step(const torch::Tensor& eps, size_t i, const torch::Tensor& x,
                      const torch::Tensor& noise) override;
+  double model_sigma(size_t i) const override;
 
  private:
   torch::Tensor alphas_cumprod_;

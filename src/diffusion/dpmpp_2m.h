@@ -12,6 +12,7 @@ class DPMPP2MSampler : public Sampler {
   torch::Tensor step(const torch::Tensor& eps, size_t i, const torch::Tensor& x,
                      const torch::Tensor& noise) override;
   const torch::Tensor& sigmas() const { return sigmas_; }
+  double model_sigma(size_t i) const override { return sigmas_[static_cast<int64_t>(i)].item<double>(); }
 
  private:
   torch::Tensor sigmas_;       // [steps + 1] float32, last 0

@@ -9,6 +9,7 @@ class EulerSampler : public Sampler {
   EulerSampler(const NoiseSchedule& schedule, int64_t steps, TimestepSpacing spacing, bool karras);
   double init_noise_sigma() const override { return init_noise_sigma_; }
   torch::Tensor scale_model_input(const torch::Tensor& x, size_t i) const override;
+  double model_sigma(size_t i) const override { return sigmas_[static_cast<int64_t>(i)].item<double>(); }
   torch::Tensor step(const torch::Tensor& eps, size_t i, const torch::Tensor& x,
                      const torch::Tensor& noise) override;
   // σ per step plus the final 0 (float32, as diffusers keeps them).

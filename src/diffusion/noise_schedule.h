@@ -6,17 +6,23 @@
 #include <string>
 #include <vector>
 
+#include "diffusion/prediction.h"
+
 namespace kiln {
 
 enum class TimestepSpacing { Leading, Trailing, Linspace };
 TimestepSpacing parse_spacing(const std::string& name);  // "leading" | "trailing" | "linspace"
 
-// SD 1.5's scheduler config (scheduler/scheduler_config.json).
+// A model's scheduler config (diffusers' scheduler/scheduler_config.json), SD 1.5's by default.
 struct NoiseScheduleConfig {
   int64_t num_train_timesteps = 1000;
   double beta_start = 0.00085;
   double beta_end = 0.012;
   int64_t steps_offset = 1;  // added to "leading" timesteps
+  // Empty: the config does not say, and each sampler takes its diffusers class default (DDIM
+  // leading, the others linspace); stated, every sampler uses it, as diffusers' from_config does.
+  std::string timestep_spacing;
+  Prediction prediction = Prediction::Epsilon;
 };
 
 // Float32 tables, as diffusers keeps them: betas = linspace(√β0, √β1, T)², ᾱ = cumprod(1 − β).

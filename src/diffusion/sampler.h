@@ -21,6 +21,9 @@ class Sampler {
   virtual double init_noise_sigma() const { return 1.0; }
   // The UNet input for latents `x` at step `i` (σ-parameterised samplers divide by √(σ²+1)).
   virtual torch::Tensor scale_model_input(const torch::Tensor& x, size_t i) const { return x; }
+  // The noise level σ = √((1 − ᾱ)/ᾱ) of model call `i` (k-diffusion's σ): what turns a v
+  // prediction into ε (diffusion/prediction.h).
+  virtual double model_sigma(size_t i) const = 0;
   // Whether step() consumes fresh noise (ancestral samplers).
   virtual bool uses_noise() const { return false; }
   // Latents after step `i` given the noise prediction `eps` for latents `x`; `noise` is used only by

@@ -1,6 +1,7 @@
 // Reading and writing SD 1.x checkpoints in the LDM single-file and the diffusers folder layouts
 // (spec 6.1-6.4).
 #include "io/checkpoint.h"
+#include "io/scheduler_config.h"
 
 #include <torch/torch.h>
 
@@ -419,21 +420,20 @@ json model_index_json(const Checkpoint& ckpt) {
           {"vae", entry(Component::VAE, "diffusers", "AutoencoderKL")}};
 }
 
-// SD 1.5's shipped scheduler config (PNDM, scaled_linear 0.00085 -> 0.012, leading spacing, spec 4.1).
-json scheduler_json() {
-  return {{"_class_name", "PNDMScheduler"},
-          {"_diffusers_version", "0.30.3"},
-          {"beta_end", 0.012},
-          {"beta_schedule", "scaled_linear"},
-          {"beta_start", 0.00085},
-          {"clip_sample", false},
-          {"num_train_timesteps", 1000},
-          {"prediction_type", "epsilon"},
-          {"set_alpha_to_one", false},
-          {"skip_prk_steps", true},
-          {"steps_offset", 1},
-          {"timestep_spacing", "leading"},
-          {"trained_betas", nullptr}};
+// The scheduler: the model folder's own config, then --config's, then an LDM file's model-spec
+// prediction type (the file's own word on what it predicts).
+NoiseScheduleConfig read_scheduler(const fs::path& path, const std::optional<fs::path>& config,
+                                   const Metadata& metadata) {
+  NoiseScheduleConfig out;
+  std::vector<fs::path> folders{path};
+  if (config) folders.push_back(*config);
+  for (const auto& folder : folders) {
+    const auto file = folder / "scheduler" / "scheduler_config.json";
+    if (fs::is_directory(folder) && fs::is_regular_file(file)) out = read_scheduler_config(file);
+  }
+  if (const auto it = metadata.find(std::string(kPredictionMetadataKey)); it != metadata.end())
+    out.prediction = it->second == "v" ? Prediction::V : Prediction::Epsilon;
+  return out;
 }
 
 torch::Tensor stored(const torch::Tensor& t, std::optional<torch::ScalarType> dtype) {
@@ -443,7 +443,12 @@ torch::Tensor stored(const torch::Tensor& t, std::optional<torch::ScalarType> dt
 void write_ldm(const Checkpoint& ckpt, const fs::path& path, std::optional<torch::ScalarType> dtype) {
   StateDict out = ldm_state_dict(ckpt);
   for (auto& [key, tensor] : out) tensor = stored(tensor, dtype);
-  save_safetensors(path, out, {ckpt.metadata});
+  // Stated for v models (and kept true for files that said so); epsilon files stay as they were.
+  Metadata metadata = ckpt.metadata;
+  const std::string key(kPredictionMetadataKey);
+  if (ckpt.scheduler.prediction == Prediction::V || metadata.count(key))
+    metadata[key] = ckpt.scheduler.prediction == Prediction::V ? "v" : "epsilon";
+  save_safetensors(path, out, {metadata});
 }
 
 void write_diffusers(const Checkpoint& ckpt, const fs::path& path, std::optional<torch::ScalarType> dtype) {
@@ -453,7 +458,7 @@ void write_diffusers(const Checkpoint& ckpt, const fs::path& path, std::optional
   write_directory_atomically(path, [&](const fs::path& dir) {
     write_text_atomically(dir / "model_index.json", model_index_json(ckpt).dump(2));
     fs::create_directories(dir / "scheduler");
-    write_text_atomically(dir / "scheduler" / "scheduler_config.json", scheduler_json().dump(2));
+    write_text_atomically(dir / "scheduler" / "scheduler_config.json", scheduler_config_json(ckpt.scheduler).dump(2));
     fs::create_directories(dir / "tokenizer");
     write_clip_tokenizer_folder(dir / "tokenizer");
     for (int i = 0; i < 3; ++i) {
@@ -597,6 +602,7 @@ Checkpoint read_checkpoint(const fs::path& path, const std::optional<fs::path>& 
     if (!sd15_widths || !same_heads(ckpt.configs, sd15, part)) is_sd15 = false;
   }
   ckpt.configs_complete = complete;
+  ckpt.scheduler = read_scheduler(path, config, ckpt.metadata);
   ckpt.architecture = is_sd15    ? "sd15"
                       : complete ? "sd1x-custom"
                                  : "sd1x-custom (widths from shapes; head counts unknown: pass --config DIR)";

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "diffusion/noise_schedule.h"
 #include "io/key_map.h"
 #include "io/safetensors.h"
 #include "models/configs.h"
@@ -29,6 +30,9 @@ CheckpointLayout detect_layout(const std::filesystem::path& path);
 inline constexpr std::string_view kHeadCountsUnknown =
     "cannot infer attention head counts for a non-SD-1.5 architecture from shapes; pass --config DIR";
 
+// SAI model-spec metadata key of an LDM file's prediction type: "v" or "epsilon".
+inline constexpr std::string_view kPredictionMetadataKey = "modelspec.prediction_type";
+
 struct Checkpoint {
   std::filesystem::path source;  // where it was read from (for messages)
   CheckpointLayout layout = CheckpointLayout::Ldm;
@@ -49,6 +53,9 @@ struct Checkpoint {
   // position_ids (arange(77)) is not kept: it is regenerated when writing an LDM file.
   StateDict extra;
   Metadata metadata;  // the LDM file's __metadata__, or the diffusers UNet file's
+  // How to sample it: a folder's scheduler/scheduler_config.json (then --config's), and for an LDM
+  // file the SAI model-spec key modelspec.prediction_type ("v" | "epsilon") that kohya and kiln write.
+  NoiseScheduleConfig scheduler;
 
   const StateDict& component(Component c) const;
   StateDict& component(Component c);

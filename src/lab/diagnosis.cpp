@@ -60,9 +60,10 @@ std::vector<std::string> control_prompts(const DiagnosisRequest& r) {
 }
 
 ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIPTokenizer& tokenizer,
-                                 const DiagnosisRequest& r, const Reference& ref) {
+                                 const NoiseScheduleConfig& scheduler, const DiagnosisRequest& r,
+                                 const Reference& ref) {
   to_device(models, r.device);
-  Txt2Img txt2img(models, tokenizer);
+  Txt2Img txt2img(models, tokenizer, NoiseSchedule(scheduler));
   DrawnCells cells;
   for (const auto& prompt : r.prompts) {
     auto images = draw_prompt(txt2img, prompt, r);
@@ -304,7 +305,7 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
   Reference ref;
   ref.training_look = training_look(r.training_images, static_cast<int>(r.settings.width),
                                     static_cast<int>(r.settings.height));
-  d.base = image_statistics(base_model.models, base_model.tokenizer, r, ref);
+  d.base = image_statistics(base_model.models, base_model.tokenizer, base_model.scheduler, r, ref);
   ref.base = &d.base;
   {
     Txt2Img base_txt2img(base_model.models, base_model.tokenizer);
@@ -319,7 +320,7 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
     const Checkpoint trained = read_checkpoint(path, r.config);
     c.drift = weight_drift(trained, base);
     auto model = load_model(path, r.config, false);
-    c.images = image_statistics(model.models, model.tokenizer, r, ref);
+    c.images = image_statistics(model.models, model.tokenizer, model.scheduler, r, ref);
     const bool last = i + 1 == r.checkpoints.size();
     const bool flagged = !crossed_signs(c.images, d.base, r.thresholds).empty();
     // With one part frozen the half-swapped models are the checkpoint itself and the base: they
@@ -333,8 +334,9 @@ Diagnosis diagnose(const DiagnosisRequest& r, const DiagnosisProgress& progress)
       StableDiffusionModels unet_only = build_models(base), te_only = build_models(base);
       load_state_dict(*unet_only.unet, trained.unet, path.string());
       load_state_dict(*te_only.text_encoder, trained.text_encoder, path.string());
-      c.swap = SwapTest{image_statistics(unet_only, base_model.tokenizer, r, ref),
-                        image_statistics(te_only, base_model.tokenizer, r, ref)};
+      // What a UNet predicts goes with the UNet.
+      c.swap = SwapTest{image_statistics(unet_only, base_model.tokenizer, model.scheduler, r, ref),
+                        image_statistics(te_only, base_model.tokenizer, base_model.scheduler, r, ref)};
     }
     c.signs = attributed_signs(c, d.base, r.thresholds);
     c.verdict = checkpoint_verdict(c, d.base, r.thresholds);

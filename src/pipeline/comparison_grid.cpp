@@ -193,7 +193,7 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
     model.models.unet->set_attention(r.attention);
     model.models.vae->set_attention(r.attention);
     to_device(model.models, r.device);
-    Txt2Img txt2img(model.models, model.tokenizer);
+    Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
     for (Cell* cell : todo) {
       const int64_t before = steps_done;
       auto image = txt2img.generate(cell->settings, [&](int64_t done, int64_t) {
@@ -202,7 +202,7 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
       });
       write_png(
           cell->file, image.at(0),
-          {{"parameters", format_a1111_parameters(cell->settings, cell->settings.seed, model.identity)}});
+          {{"parameters", format_a1111_parameters(txt2img.resolved(cell->settings), cell->settings.seed, model.identity)}});
       ++result.generated;
     }
   }

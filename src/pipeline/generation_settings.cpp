@@ -24,6 +24,8 @@ void validate(const GenerationSettings& s) {
   const auto names = sampler_names();
   const bool known = std::find(names.begin(), names.end(), s.sampler) != names.end();
   if (!known) throw Error(fmt::format("unknown sampler '{}' ({})", s.sampler, fmt::join(names, ", ")));
+  if (!s.spacing.empty()) parse_spacing(s.spacing);
+  if (!s.prediction.empty()) parse_prediction(s.prediction);
 }
 
 }  // namespace kiln

@@ -9,7 +9,8 @@ struct GenerationSettings {
   std::string prompt;
   std::string negative;
   std::string sampler = "dpmpp_2m_karras";  // AUTOMATIC1111's default (DPM++ 2M, Karras schedule)
-  std::string spacing;                      // empty: each sampler's diffusers default
+  std::string spacing;     // empty: the model's scheduler config, else each sampler's diffusers default
+  std::string prediction;  // empty: the model's (scheduler config); epsilon | v_prediction
   bool karras = false;                      // Karras σ for samplers that do not say so in their name
   int64_t steps = 20;
   double cfg = 7.0;  // classifier-free guidance scale; <= 1 skips the unconditional pass (diffusers)

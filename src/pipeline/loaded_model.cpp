@@ -23,7 +23,7 @@ LoadedModel load_model(const std::filesystem::path& path, const std::optional<st
                        : CLIPTokenizer::from_embedded();
   ModelIdentity identity{folder ? path.filename().string() : path.stem().string(), ""};
   if (!folder && hash) identity.short_hash = sha256_file(path).substr(0, 10);
-  return LoadedModel{path, build_models(checkpoint), std::move(tokenizer), identity};
+  return LoadedModel{path, build_models(checkpoint), std::move(tokenizer), identity, checkpoint.scheduler};
 }
 
 }  // namespace kiln

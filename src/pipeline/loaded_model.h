@@ -14,6 +14,7 @@ struct LoadedModel {
   StableDiffusionModels models;
   CLIPTokenizer tokenizer;
   ModelIdentity identity;
+  NoiseScheduleConfig scheduler;  // the checkpoint's (io/checkpoint.h): spacing, prediction, β
 };
 
 // A single-file checkpoint or a diffusers folder (its tokenizer/ when present, else kiln's

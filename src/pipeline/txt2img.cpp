@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "diffusion/prediction.h"
 #include "diffusion/sampler.h"
 #include "diffusion/seeded_noise.h"
 #include "models/device.h"
@@ -18,8 +19,16 @@ torch::Tensor Txt2Img::encode_prompt(const std::string& prompt, int64_t clip_ski
   return encoder.encode(prompt);
 }
 
-torch::Tensor Txt2Img::sample_latents(const GenerationSettings& s, const StepCallback& on_step) {
-  validate(s);
+GenerationSettings Txt2Img::resolved(GenerationSettings s) const {
+  if (s.spacing.empty()) s.spacing = schedule_.config.timestep_spacing;
+  if (s.prediction.empty()) s.prediction = prediction_name(schedule_.config.prediction);
+  return s;
+}
+
+torch::Tensor Txt2Img::sample_latents(const GenerationSettings& settings, const StepCallback& on_step) {
+  validate(settings);
+  const GenerationSettings s = resolved(settings);
+  const bool v_prediction = parse_prediction(s.prediction) == Prediction::V;
   torch::NoGradGuard no_grad;
   models_.unet->eval();
   models_.text_encoder->eval();
@@ -55,6 +64,8 @@ torch::Tensor Txt2Img::sample_latents(const GenerationSettings& s, const StepCal
       const auto out_cond = models_.unet->forward(input, t, cond);
       eps = out_uncond + s.cfg * (out_cond - out_uncond);
     }
+    // Guidance is linear and so is the conversion: v is guided first, as diffusers does.
+    if (v_prediction) eps = epsilon_from_v(eps, sampler->scale_model_input(x, i), sampler->model_sigma(i));
     torch::Tensor step_noise;
     if (sampler->uses_noise()) step_noise = noise.randn(latent_shape).to(device);
     x = sampler->step(eps, i, x, step_noise);

@@ -32,6 +32,10 @@ class Txt2Img {
   std::vector<Image> decode(const torch::Tensor& latents);
   std::vector<Image> generate(const GenerationSettings& settings, const StepCallback& on_step = {});
 
+  // `settings` with what the model's scheduler config decides filled in where they leave it open
+  // (spacing, prediction): what a picture's parameters should record.
+  GenerationSettings resolved(GenerationSettings settings) const;
+
   // The conditioning `sample_latents` uses: [1, 77·chunks, hidden].
   torch::Tensor encode_prompt(const std::string& prompt, int64_t clip_skip);
 

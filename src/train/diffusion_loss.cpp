@@ -6,16 +6,6 @@
 
 namespace kiln {
 
-Prediction parse_prediction(const std::string& name) {
-  if (name == "epsilon") return Prediction::Epsilon;
-  if (name == "v_prediction") return Prediction::V;
-  throw Error("unknown prediction type '" + name + "' (epsilon, v_prediction)");
-}
-
-std::string prediction_name(Prediction prediction) {
-  return prediction == Prediction::Epsilon ? "epsilon" : "v_prediction";
-}
-
 namespace {
 // ᾱ_t per sample, shaped [B, 1, 1, 1] to broadcast over latents.
 torch::Tensor alpha_bar(const NoiseSchedule& schedule, const torch::Tensor& timesteps, int64_t dims) {

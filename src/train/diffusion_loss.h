@@ -7,12 +7,9 @@
 #include <string>
 
 #include "diffusion/noise_schedule.h"
+#include "diffusion/prediction.h"
 
 namespace kiln {
-
-enum class Prediction { Epsilon, V };
-Prediction parse_prediction(const std::string& name);  // "epsilon" | "v_prediction"
-std::string prediction_name(Prediction prediction);
 
 // x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, per-sample t (diffusers DDPMScheduler.add_noise, float32).
 torch::Tensor add_noise(const NoiseSchedule& schedule, const torch::Tensor& x0, const torch::Tensor& noise,

@@ -242,6 +242,7 @@ void Trainer::cache_all_latents() {
 
 Checkpoint Trainer::current_checkpoint() const {
   auto checkpoint = checkpoint_from_models(model_->models);
+  checkpoint.scheduler = schedule_.config;
   for (const auto& [part, tensors] : frozen_originals_) {
     if (part == "vae") checkpoint.vae = tensors;
     if (part == kTextEncoder) checkpoint.text_encoder = tensors;
@@ -390,14 +391,15 @@ SampleRound Trainer::write_samples(const std::string& name) {
   if (lora_) lora_->inject();
   const auto guard = autocast();
   model_->models.vae->to(options_.device);  // offloaded after caching latents (GPU)
-  Txt2Img txt2img(model_->models, model_->tokenizer);
+  // The base's samples as the base predicts; the run's checkpoints as the run trains them.
+  Txt2Img txt2img(model_->models, model_->tokenizer, name == "base" ? NoiseSchedule(model_->scheduler) : schedule_);
   ModelIdentity identity{name, ""};
   for (size_t i = 0; i < prompts.size(); ++i) {
     auto images = txt2img.generate(prompts[i]);
     for (size_t b = 0; b < images.size(); ++b) {
       const auto seed = prompts[i].seed + b;
       write_png(dir / fmt::format("{:02}-{}.png", i, seed), images[b],
-                {{"parameters", format_a1111_parameters(prompts[i], seed, identity)}});
+                {{"parameters", format_a1111_parameters(txt2img.resolved(prompts[i]), seed, identity)}});
     }
     round.add(prompts[i].prompt, std::move(images));
   }
@@ -666,6 +668,10 @@ TrainResult Trainer::run() {
   if (precision_ == MixedPrecision::FP16) scaler_.emplace();
   say("loading " + base.string());
   model_.emplace(load_model(base, model_config, false));
+  // The base's β and spacing; the prediction the run file asks for (v_prediction trains the v target).
+  NoiseScheduleConfig schedule = model_->scheduler;
+  schedule.prediction = parse_prediction(config_.model.prediction);
+  schedule_ = NoiseSchedule(schedule);
   place_models();
   if (options_.device != torch::kCPU || precision_ != MixedPrecision::No || world_size() > 1)
     say(fmt::format("device {}, mixed precision {}, {} process(es)", device_name(options_.device),

@@ -50,7 +50,7 @@ void run_sample(const SampleCommand& c) {
     requests.push_back(defaults);
   }
   auto model = c.sample.load();
-  Txt2Img txt2img(model.models, model.tokenizer);
+  Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
   std::filesystem::create_directories(c.out);
   int number = next_image_number(c.out);
   int64_t written = 0;
@@ -67,7 +67,7 @@ void run_sample(const SampleCommand& c) {
     for (size_t b = 0; b < images.size(); ++b) {
       const uint64_t seed = request.seed + b;
       const auto path = std::filesystem::path(c.out) / fmt::format("{:05}-{}.png", number++, seed);
-      write_png(path, images[b], {{"parameters", format_a1111_parameters(request, seed, model.identity)}});
+      write_png(path, images[b], {{"parameters", format_a1111_parameters(txt2img.resolved(request), seed, model.identity)}});
       std::cout << path.string() << "\n";
       ++written;
     }

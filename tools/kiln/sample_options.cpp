@@ -18,6 +18,7 @@ GenerationSettings SampleOptions::settings() const {
   s.negative = negative;
   s.sampler = sampler;
   s.spacing = spacing;
+  s.prediction = prediction;
   s.karras = karras;
   s.steps = steps;
   s.cfg = cfg;
@@ -57,7 +58,9 @@ void add_sample_options(CLI::App& cmd, SampleOptions& o, bool require_model) {
   cmd.add_option("--sampler", o.sampler, fmt::format("{}", fmt::join(sampler_names(), ", ")))
       ->capture_default_str();
   cmd.add_option("--spacing", o.spacing,
-                 "timestep spacing: leading, trailing, linspace (default: as diffusers)");
+                 "timestep spacing: leading, trailing, linspace (default: the model's scheduler config, else as diffusers)");
+  cmd.add_option("--prediction", o.prediction,
+                 "what the UNet predicts: epsilon or v_prediction (default: the model's scheduler config or metadata)");
   cmd.add_flag("--karras", o.karras, "Karras sigmas for euler, euler_a, heun, dpmpp_2m");
   cmd.add_option("--steps", o.steps, "sampling steps")->capture_default_str();
   cmd.add_option("--cfg", o.cfg, "classifier-free guidance scale")->capture_default_str();

@@ -17,6 +17,7 @@ struct SampleOptions {
   std::string negative;
   std::string sampler = GenerationSettings{}.sampler;
   std::string spacing;
+  std::string prediction;  // empty: the model's
   bool karras = false;
   int64_t steps = GenerationSettings{}.steps;
   double cfg = GenerationSettings{}.cfg;
