@@ -3,7 +3,9 @@
 // over the kept sign values. Writes OUT/results.json and prints a Markdown report (the results file
 // in bench/results/ is this output).
 //
-// usage: bench_diagnosis BASE_DIR OUT_DIR [RUN_NAME_FILTER]
+// usage: bench_diagnosis BASE_DIR OUT_DIR [RUN_NAME_FILTER] [--retruth]
+// --retruth: read the truth again from every judged run's saved checkpoints (signs kept), and
+// rewrite its outcome.json: for when the truth's reading of pictures changes.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -51,7 +53,8 @@ int main(int argc, char** argv) {
     options.base = argv[1];
     options.out_dir = argv[2];
     options.console = &std::cerr;
-    const std::string filter = argc > 3 ? argv[3] : "";
+    const bool again = std::string(argv[argc - 1]) == "--retruth";
+    const std::string filter = argc > 3 && std::string(argv[3]) != "--retruth" ? argv[3] : "";
     std::vector<BurnRunOutcome> outcomes;
     nlohmann::json all = nlohmann::json::array();
     for (const auto& run : burn_benchmark_runs()) {
@@ -61,6 +64,10 @@ int main(int argc, char** argv) {
       if (std::filesystem::is_regular_file(done)) {
         std::ifstream in(done);
         outcomes.push_back(burn_run_outcome_from_json(nlohmann::json::parse(in), run));
+        if (again) {
+          outcomes.back() = retruth(std::move(outcomes.back()), options);
+          write_text_atomically(done, outcomes.back().to_json().dump(2) + "\n");
+        }
       } else {
         outcomes.push_back(run_burn_benchmark(run, options));
         write_text_atomically(done, outcomes.back().to_json().dump(2) + "\n");

@@ -482,6 +482,24 @@ TEST_F(TrainTest, DiffusersLayoutCheckpointsOnRequest) {
     EXPECT_FALSE(line.contains("loss/val"));
 }
 
+// A v-prediction run says so in what it writes: the LDM file's model-spec metadata, read back as a
+// v model (so kiln sample, grid and diagnose draw it as one), and a folder's scheduler config.
+TEST_F(TrainTest, VPredictionRunsWriteVModels) {
+  const auto c = config({"training.epochs=1", "model.prediction='v_prediction'", "samples.prompts=''",
+                         "validation.split=0.0", "validation.stabilize_items=0"});
+  const auto ldm = run(c, dir_ / "ldm");
+  ASSERT_EQ(ldm.checkpoints.size(), 1u);
+  const auto file = read_checkpoint(ldm.checkpoints[0]);
+  EXPECT_EQ(file.metadata.at(std::string(kPredictionMetadataKey)), "v");
+  EXPECT_EQ(file.scheduler.prediction, Prediction::V);
+  auto folder_config = c;
+  folder_config.checkpoints.layout = "diffusers";
+  const auto folder = run(folder_config, dir_ / "folder");
+  ASSERT_EQ(folder.checkpoints.size(), 1u);
+  EXPECT_EQ(read_checkpoint(folder.checkpoints[0]).scheduler.prediction, Prediction::V);
+  EXPECT_EQ(read_checkpoint(folder.checkpoints[0]).scheduler.timestep_spacing, "leading");
+}
+
 // A LoRA run trains only the low-rank matrices: its checkpoints are kohya LoRA files with the same
 // modules, names and shapes as a kohya-made LoRA of this model (golden lora.safetensors), the base
 // weights stay untouched, and the stabilised loss falls.

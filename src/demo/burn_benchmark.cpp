@@ -167,6 +167,26 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
   return rejudge(std::move(out), o.thresholds);
 }
 
+BurnRunOutcome retruth(BurnRunOutcome o, const BurnBenchmarkOptions& options) {
+  const StyleLook& look = synthetic_style_looks()[o.run.look];
+  const auto base_truth = truth_of(options.base, options, look);
+  o.base_correct = base_truth.correct;
+  o.base_style_free = base_truth.style_free;
+  o.first_damaged.reset();
+  for (size_t i = 0; i < o.checkpoints.size(); ++i) {
+    auto& c = o.checkpoints[i];
+    const auto truth =
+        truth_of(options.out_dir / o.run.name / "run" / "checkpoints" / (c.label + ".safetensors"), options, look);
+    c.correct = truth.correct;
+    c.style_free = truth.style_free;
+    c.damaged = o.base_correct - c.correct >= options.damage_margin ||
+                o.base_style_free - c.style_free >= options.damage_margin;
+    if (c.damaged && !o.first_damaged) o.first_damaged = i;
+  }
+  say(options, fmt::format("  {}: truth read again", o.run.name));
+  return rejudge(std::move(o), options.thresholds);
+}
+
 nlohmann::json BurnRunOutcome::to_json() const {
   nlohmann::json checkpoints_json = nlohmann::json::array();
   for (const auto& c : checkpoints) {

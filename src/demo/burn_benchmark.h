@@ -72,6 +72,10 @@ struct BurnRunOutcome {
 // Trains, diagnoses and judges one run (its folder under options.out_dir).
 BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchmarkOptions& options);
 
+// `outcome` judged again by the truth read anew from its run's saved checkpoints (under
+// options.out_dir), its diagnosis signs kept: for when the truth's reading changes.
+BurnRunOutcome retruth(BurnRunOutcome outcome, const BurnBenchmarkOptions& options);
+
 // An outcome written by to_json(), for `run` (what resuming a benchmark needs).
 BurnRunOutcome burn_run_outcome_from_json(const nlohmann::json& json, const BurnBenchmarkRun& run);
 
