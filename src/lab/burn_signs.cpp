@@ -34,11 +34,7 @@ constexpr SignKind kSigns[] = {
 std::string sign_text(const std::string& name, double value, const ModelImageStats& now, const ModelImageStats& base) {
   if (name == "seed diversity") return fmt::format("seed diversity {:+.0f}%", -100 * value);
   if (name == "style bleed") return fmt::format("style bleed {:.0f}%", 100 * value);
-  if (name == "control pictures changed") {
-    const size_t cells = now.control_cells.size();
-    if (cells == 0) return fmt::format("control pictures changed {:.0f}%", 100 * value);
-    return fmt::format("{:.0f} of {} control pictures changed", value * static_cast<double>(cells), cells);
-  }
+  if (name == "control pictures changed") return fmt::format("control pictures changed {:.2f}", value);
   if (name == "prompt drift") return fmt::format("prompt drift {:.2f}", value);
   if (name == "prompt adherence") {
     const auto &a = *now.adherence, &b = *base.adherence;
@@ -61,7 +57,7 @@ bool mentions_phrase(const std::string& prompt, const std::string& phrase) {
 }
 
 ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
-                              const std::optional<LookDescriptor>& training_look, double visible_change) {
+                              const std::optional<LookDescriptor>& training_look) {
   ModelImageStats out;
   std::vector<std::pair<WorldPrompt, Image>> world_cells;  // for prompt adherence
   for (size_t p = 0; p < cells.control.size(); ++p) {
@@ -96,13 +92,7 @@ ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
     for (size_t i = 0; i < now.size(); ++i) total += rms_difference(now[i], before[i]);
     return total / static_cast<double>(now.size());
   };
-  if (!out.control_cells.empty()) {
-    out.change_control = mean_change(out.control_cells, base->control_cells);
-    size_t changed = 0;
-    for (size_t i = 0; i < out.control_cells.size(); ++i)
-      changed += rms_difference(out.control_cells[i], base->control_cells[i]) > visible_change;
-    out.changed_control = static_cast<double>(changed) / static_cast<double>(out.control_cells.size());
-  }
+  if (!out.control_cells.empty()) out.change_control = mean_change(out.control_cells, base->control_cells);
   if (!out.styled_cells.empty()) out.change_styled = mean_change(out.styled_cells, base->styled_cells);
   if (training_look && !out.control_cells.empty()) {
     // Cell by cell, against the base's picture of the same prompt and seed: a mean over all the
@@ -125,7 +115,7 @@ double sign_value(const std::string& name, const ModelImageStats& now, const Mod
   if (name == "high-frequency texture") return change(now.mean.high_frequency, base.mean.high_frequency);
   if (name == "seed diversity") return -change(now.diversity, base.diversity);
   if (name == "style bleed") return now.style_bleed.value_or(0.0);
-  if (name == "control pictures changed") return now.changed_control.value_or(0.0);
+  if (name == "control pictures changed") return now.change_control.value_or(0.0);
   if (name == "prompt drift") return now.prompt_drift.value_or(0.0);
   if (name == "prompt adherence") {
     if (!now.adherence || !base.adherence) return 0.0;

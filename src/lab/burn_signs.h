@@ -20,12 +20,8 @@ struct DiagnosisThresholds {
   double high_frequency_increase = 0.50;  // high-frequency energy +50 %
   double diversity_drop = 0.30;           // seed diversity −30 %
   double adherence_drop = 0.25;  // prompt adherence (colour and shape right) −0.25, e.g. 0.9 → 0.65
-  double style_bleed = 0.20;     // control pictures gained 20 % of the training set's look
-  double control_change = 0.20;  // share of control cells changed visibly from the base's
-  // An RMS change of one cell (0-1 pixel scale) that counts as a redrawn picture rather than a shift
-  // of tint: chosen on the burn benchmark (docs/diagnose.md), the cell threshold at which the share
-  // of changed cells tells damaged runs from gentle ones.
-  double visible_change = 0.20;
+  double style_bleed = 0.20;     // control pictures moved 20 % of the way to the training set's look
+  double control_change = 0.15;  // control cells' mean RMS change from the base's (0-1 pixel scale)
   double prompt_drift = 0.30;    // control prompts' conditioning moved 30 % (relative L2)
 };
 
@@ -43,9 +39,6 @@ struct ModelImageStats {
   // Against the base model (absent for the base itself): mean RMS change per cell, same prompt and
   // seed, for control prompts and for prompts with the activation phrase (absent without such).
   std::optional<double> change_control, change_styled;
-  // The share of control cells whose RMS change exceeds visible_change: what the burn sign reads. A
-  // mean change cannot tell a few pictures redrawn wrong from all of them shifted a little.
-  std::optional<double> changed_control;
   // How much of the training pictures' look the control pictures gained, cell by cell against the
   // base's (look_gain_towards, at most 1 per cell), averaged: roughly the share of control
   // pictures that took on the training look (absent without training pictures).
@@ -77,7 +70,7 @@ struct DrawnCells {
 // change per cell and the style bleed towards `training_look`. Throws kiln::Error when the cells do
 // not match the base's.
 ModelImageStats measure_cells(DrawnCells cells, const ModelImageStats* base,
-                              const std::optional<LookDescriptor>& training_look, double visible_change);
+                              const std::optional<LookDescriptor>& training_look);
 
 struct BurnSign {
   std::string name;  // "saturation", "style bleed", ...

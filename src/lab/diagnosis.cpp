@@ -75,7 +75,7 @@ ModelImageStats image_statistics(const StableDiffusionModels& models, const CLIP
     }
   }
   const auto controls = cells.control_prompts;
-  auto out = measure_cells(std::move(cells), ref.base, ref.training_look, r.thresholds.visible_change);
+  auto out = measure_cells(std::move(cells), ref.base, ref.training_look);
   if (ref.base) out.prompt_drift = prompt_drift(encode_prompts(txt2img, controls, r.settings.clip_skip), ref.base_conditioning);
   return out;
 }
@@ -98,7 +98,6 @@ nlohmann::json stats_json(const ModelImageStats& s) {
                                {"clean", s.adherence->clean},     {"correct", s.adherence->correct},
                                {"style_free", s.adherence->style_free}, {"cells", s.adherence->cells}};
   if (s.change_control) out["change_control"] = *s.change_control;
-  if (s.changed_control) out["changed_control"] = *s.changed_control;
   if (s.change_styled) out["change_styled"] = *s.change_styled;
   if (s.style_bleed) out["style_bleed"] = *s.style_bleed;
   if (s.prompt_drift) out["prompt_drift"] = *s.prompt_drift;
@@ -181,19 +180,17 @@ std::string drift_blocks_svg(const Diagnosis& d) {
 // activation phrase, how far the control pictures moved towards the training look, and how far
 // the text encoder's output for the control prompts moved. 0 = the base model.
 std::string change_and_bleed_svg(const Diagnosis& d) {
-  std::vector<Series> series(5);
-  series[0].label = "control pictures changed visibly (share)";
-  series[1].label = "control pictures changed (mean RMS)";
-  series[2].label = "styled pictures changed (mean RMS)";
-  series[3].label = "style bleed (share of the training look gained)";
-  series[4].label = "prompt drift (conditioning, relative)";
+  std::vector<Series> series(4);
+  series[0].label = "control pictures changed (RMS)";
+  series[1].label = "styled pictures changed (RMS)";
+  series[2].label = "style bleed (share of the way to the training look)";
+  series[3].label = "prompt drift (conditioning, relative)";
   for (size_t i = 0; i <= d.checkpoints.size(); ++i) {
     const ModelImageStats* s = i == 0 ? nullptr : &d.checkpoints[i - 1].images;
     const auto value = [&](std::optional<double> ModelImageStats::*field) {
       return s == nullptr ? 0.0 : (s->*field).value_or(std::nan(""));
     };
-    const double values[] = {value(&ModelImageStats::changed_control), value(&ModelImageStats::change_control),
-                             value(&ModelImageStats::change_styled),
+    const double values[] = {value(&ModelImageStats::change_control), value(&ModelImageStats::change_styled),
                              value(&ModelImageStats::style_bleed), value(&ModelImageStats::prompt_drift)};
     for (size_t k = 0; k < series.size(); ++k) {
       series[k].x.push_back(static_cast<double>(i));
@@ -356,7 +353,6 @@ nlohmann::json Diagnosis::to_json() const {
                        {"adherence_drop", thresholds.adherence_drop},
                        {"style_bleed", thresholds.style_bleed},
                        {"control_change", thresholds.control_change},
-                       {"visible_change", thresholds.visible_change},
                        {"prompt_drift", thresholds.prompt_drift}};
   out["checkpoints"] = nlohmann::json::array();
   out["verdicts"] = nlohmann::json::array();

@@ -22,12 +22,12 @@ void SampleRound::add(const std::string& prompt, std::vector<Image> pictures) {
 BurnWatch::BurnWatch(BurnWatchSettings settings, DrawnCells base_cells, std::vector<torch::Tensor> base_conditioning)
     : settings_(std::move(settings)), base_conditioning_(std::move(base_conditioning)) {
   training_look_ = training_look(settings_.training_images, settings_.width, settings_.height);
-  base_ = measure_cells(std::move(base_cells), nullptr, training_look_, settings_.thresholds.visible_change);
+  base_ = measure_cells(std::move(base_cells), nullptr, training_look_);
 }
 
 BurnCheck BurnWatch::check(const std::string& label, DrawnCells cells,
                            const std::vector<torch::Tensor>& conditioning) const {
-  ModelImageStats now = measure_cells(std::move(cells), &base_, training_look_, settings_.thresholds.visible_change);
+  ModelImageStats now = measure_cells(std::move(cells), &base_, training_look_);
   now.prompt_drift = prompt_drift(conditioning, base_conditioning_);
   BurnCheck out;
   out.signs = crossed_signs(now, base_, settings_.thresholds);
@@ -36,7 +36,6 @@ BurnCheck BurnWatch::check(const std::string& label, DrawnCells cells,
     if (sign.part == Part::TextEncoder && !settings_.te_trains) sign.part = Part::Unet;
   }
   if (now.change_control) out.values["diagnose/change_control"] = *now.change_control;
-  if (now.changed_control) out.values["diagnose/changed_control"] = *now.changed_control;
   if (now.change_styled) out.values["diagnose/change_styled"] = *now.change_styled;
   if (now.style_bleed) out.values["diagnose/style_bleed"] = *now.style_bleed;
   out.values["diagnose/prompt_drift"] = *now.prompt_drift;

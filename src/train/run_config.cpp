@@ -141,7 +141,6 @@ void fields(V& v, DiagnoseSection& s) {
   v("warn", s.warn);
   v("stop_when_burnt", s.stop_when_burnt);
   v("control_change", s.thresholds.control_change);
-  v("visible_change", s.thresholds.visible_change);
   v("style_bleed", s.thresholds.style_bleed);
   v("prompt_drift", s.thresholds.prompt_drift);
   v("adherence_drop", s.thresholds.adherence_drop);

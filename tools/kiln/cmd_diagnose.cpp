@@ -96,13 +96,10 @@ void add_diagnose_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--diversity-drop", c->thresholds.diversity_drop, "burn threshold")->capture_default_str();
   cmd->add_option("--style-bleed", c->thresholds.style_bleed,
-                  "burn threshold: share of the training look gained")
+                  "burn threshold: share of the way to the training look")
       ->capture_default_str();
   cmd->add_option("--control-change", c->thresholds.control_change,
-                  "burn threshold: share of control pictures changed visibly")
-      ->capture_default_str();
-  cmd->add_option("--visible-change", c->thresholds.visible_change,
-                  "RMS change of one picture (0-1) that counts as changed visibly")
+                  "burn threshold: mean RMS change of the control pictures (0-1)")
       ->capture_default_str();
   cmd->add_option("--prompt-drift", c->thresholds.prompt_drift,
                   "burn threshold: relative change of the control prompts' conditioning")
