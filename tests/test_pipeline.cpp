@@ -3,11 +3,14 @@
 // the PNG "parameters" text; prompt files.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <unistd.h>
 
 #include "golden_compare.h"
 #include "pipeline/a1111_parameters.h"
+#include "pipeline/loaded_model.h"
 #include "pipeline/prompt_encoder.h"
 #include "pipeline/prompt_file.h"
 #include "pipeline/txt2img.h"
@@ -83,19 +86,26 @@ TEST(PromptEncoder, LongPromptsAreEncodedInChunksOf77) {
   EXPECT_TRUE(all_close(z.slice(1, 77, 154), encoder.encode(rest), test::kExact, "second chunk"));
 }
 
+// The golden txt2img recipe (samplers.* and samplers_extra.*): its prompt, 8 steps, CFG 7.5, seed 3
+// (the golden initial latent), 128 px.
+GenerationSettings golden_recipe(const std::string& sampler) {
+  GenerationSettings s;
+  s.prompt = "a photo of a red circle";
+  s.sampler = sampler;
+  s.steps = 8;
+  s.cfg = 7.5;
+  s.seed = 3;
+  s.width = s.height = 128;
+  return s;
+}
+
 // kiln's --seed 3 starts from the golden initial latent, so whole runs compare with diffusers'.
 TEST(Txt2Img, Seed3ReproducesDiffusersPipeline) {
   Txt2Img txt2img(tiny().models, tiny().tokenizer);
   const auto golden = test::golden_file("samplers.safetensors");
   for (const auto& [golden_name, sampler] : {std::pair{"ddim", "ddim"}, std::pair{"euler", "euler"},
                                              std::pair{"dpmpp_2m_karras", "dpmpp_2m_karras"}}) {
-    GenerationSettings s;
-    s.prompt = "a photo of a red circle";
-    s.sampler = sampler;
-    s.steps = 8;
-    s.cfg = 7.5;
-    s.seed = 3;
-    s.width = s.height = 128;
+    GenerationSettings s = golden_recipe(sampler);
     std::vector<int64_t> seen;
     const auto latents = txt2img.sample_latents(s, [&](int64_t done, int64_t total) {
       seen.push_back(done);
@@ -127,13 +137,7 @@ TEST(Txt2Img, VPredictionReproducesDiffusersPipeline) {
   Txt2Img from_settings(tiny().models, tiny().tokenizer);
   for (const auto& [golden_name, sampler] : {std::pair{"ddim_v", "ddim"}, std::pair{"euler_v", "euler"},
                                              std::pair{"dpmpp_2m_karras_v", "dpmpp_2m_karras"}}) {
-    GenerationSettings s;
-    s.prompt = "a photo of a red circle";
-    s.sampler = sampler;
-    s.steps = 8;
-    s.cfg = 7.5;
-    s.seed = 3;
-    s.width = s.height = 128;
+    GenerationSettings s = golden_recipe(sampler);
     const std::string p = std::string(golden_name) + ".";
     const auto latents = from_config.sample_latents(s);
     EXPECT_TRUE(all_close(latents, golden.tensor(p + "latents")[7], kTrajectory, p + "final latents"));
@@ -149,6 +153,26 @@ TEST(Txt2Img, VPredictionReproducesDiffusersPipeline) {
       worst = std::max(worst, std::abs(int(image.pixels[i]) - int(want.pixels[i])));
     EXPECT_LE(worst, 1) << p;
   }
+}
+
+// A model folder's scheduler config decides: the tiny model's says "leading"; marked v_prediction it
+// is the model of samplers_extra's euler_v run, and kiln, told nothing else, walks that trajectory.
+TEST(Txt2Img, AFoldersSchedulerConfigSetsSpacingAndPrediction) {
+  const fs::path folder = fs::temp_directory_path() / ("kiln-scheduler-config-" + std::to_string(::getpid()));
+  fs::remove_all(folder);
+  fs::copy(test::tiny_config_path(), folder, fs::copy_options::recursive);
+  const fs::path file = folder / "scheduler" / "scheduler_config.json";
+  nlohmann::json scheduler;
+  std::ifstream(file) >> scheduler;
+  ASSERT_EQ(scheduler["timestep_spacing"], "leading");
+  scheduler["prediction_type"] = "v_prediction";
+  std::ofstream(file) << scheduler.dump(2);
+  const auto model = load_model(test::tiny_model_path(), folder, false);
+  fs::remove_all(folder);
+  Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
+  const auto latents = txt2img.sample_latents(golden_recipe("euler"));
+  EXPECT_TRUE(all_close(latents, test::golden_file("samplers_extra.safetensors").tensor("euler_v.latents")[7],
+                        kTrajectory, "euler_v final latents"));
 }
 
 TEST(Txt2Img, BatchImageBIsTheSingleImageOfSeedPlusB) {
