@@ -35,6 +35,11 @@ PromptAdherence truth_of(const fs::path& model, const BurnBenchmarkOptions& o, c
   return score_world_drawing(request);
 }
 
+// Damaged: the share of pictures drawn as asked, or of style-free ones, fell by the margin.
+bool is_damaged(const PromptAdherence& truth, const BurnRunOutcome& run, double margin) {
+  return run.base_correct - truth.correct >= margin || run.base_style_free - truth.style_free >= margin;
+}
+
 void say(const BurnBenchmarkOptions& o, const std::string& line) {
   if (o.console) *o.console << line << "\n" << std::flush;
 }
@@ -155,8 +160,7 @@ BurnRunOutcome run_burn_benchmark(const BurnBenchmarkRun& run, const BurnBenchma
     const auto truth = truth_of(c.path, o, look);
     outcome.correct = truth.correct;
     outcome.style_free = truth.style_free;
-    outcome.damaged = out.base_correct - truth.correct >= o.damage_margin ||
-                      out.base_style_free - truth.style_free >= o.damage_margin;
+    outcome.damaged = is_damaged(truth, out, o.damage_margin);
     outcome.all_signs = attributed_signs(c, diagnosis.base, every_sign_thresholds());
     if (outcome.damaged && !out.first_damaged) out.first_damaged = out.checkpoints.size();
     say(o, fmt::format("  {}: correct {:.0f}% (base {:.0f}%), style-free {:.0f}% (base {:.0f}%){}; {}", c.label,
@@ -179,8 +183,7 @@ BurnRunOutcome retruth(BurnRunOutcome o, const BurnBenchmarkOptions& options) {
         truth_of(options.out_dir / o.run.name / "run" / "checkpoints" / (c.label + ".safetensors"), options, look);
     c.correct = truth.correct;
     c.style_free = truth.style_free;
-    c.damaged = o.base_correct - c.correct >= options.damage_margin ||
-                o.base_style_free - c.style_free >= options.damage_margin;
+    c.damaged = is_damaged(truth, o, options.damage_margin);
     if (c.damaged && !o.first_damaged) o.first_damaged = i;
   }
   say(options, fmt::format("  {}: truth read again", o.run.name));

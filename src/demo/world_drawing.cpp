@@ -60,7 +60,7 @@ PromptAdherence score_world_drawing(const WorldDrawingRequest& r) {
   if (r.seeds.empty()) throw Error("score_world_drawing: no seeds");
   auto model = load_model(r.model, r.config, false);
   to_device(model.models, r.device);
-  Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
+  Txt2Img txt2img(model);
   const auto prompts = r.prompts.empty() ? world_prompts() : r.prompts;
   std::vector<std::pair<WorldPrompt, Image>> cells;
   std::vector<WorldPrompt> parsed;

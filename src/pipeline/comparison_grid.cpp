@@ -193,7 +193,7 @@ GridResult make_comparison_grid(const GridRequest& r, const GridProgress& progre
     model.models.unet->set_attention(r.attention);
     model.models.vae->set_attention(r.attention);
     to_device(model.models, r.device);
-    Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
+    Txt2Img txt2img(model);
     for (Cell* cell : todo) {
       const int64_t before = steps_done;
       auto image = txt2img.generate(cell->settings, [&](int64_t done, int64_t) {

@@ -14,6 +14,9 @@ namespace kiln {
 Txt2Img::Txt2Img(const StableDiffusionModels& models, CLIPTokenizer tokenizer, NoiseSchedule schedule)
     : models_(models), tokenizer_(std::move(tokenizer)), schedule_(std::move(schedule)) {}
 
+Txt2Img::Txt2Img(const LoadedModel& model)
+    : Txt2Img(model.models, model.tokenizer, NoiseSchedule(model.scheduler)) {}
+
 torch::Tensor Txt2Img::encode_prompt(const std::string& prompt, int64_t clip_skip) {
   PromptEncoder encoder(models_.text_encoder, tokenizer_, {clip_skip});
   return encoder.encode(prompt);

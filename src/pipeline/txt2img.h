@@ -11,6 +11,7 @@
 #include "image/image.h"
 #include "models/model_loading.h"
 #include "pipeline/generation_settings.h"
+#include "pipeline/loaded_model.h"
 #include "pipeline/prompt_encoder.h"
 #include "text/clip_tokenizer.h"
 
@@ -24,6 +25,8 @@ class Txt2Img {
   // The models are shared, not copied (libtorch modules are handles).
   Txt2Img(const StableDiffusionModels& models, CLIPTokenizer tokenizer,
           NoiseSchedule schedule = NoiseSchedule());
+  // A loaded checkpoint, sampled as its own scheduler config says (spacing, prediction, β).
+  explicit Txt2Img(const LoadedModel& model);
 
   // Final latents [batch, 4, height/8, width/8] (unscaled by the VAE factor, as the sampler leaves
   // them). Throws kiln::Error for invalid settings before any work.

@@ -50,7 +50,7 @@ void run_sample(const SampleCommand& c) {
     requests.push_back(defaults);
   }
   auto model = c.sample.load();
-  Txt2Img txt2img(model.models, model.tokenizer, NoiseSchedule(model.scheduler));
+  Txt2Img txt2img(model);
   std::filesystem::create_directories(c.out);
   int number = next_image_number(c.out);
   int64_t written = 0;
